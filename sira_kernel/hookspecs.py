@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .auth import Principal, RequestInfo
     from .config import KernelConfig
     from .context import PluginContext
-    from .auth import Principal, RequestInfo
-    from .routing import Route, RouteTable
     from .registrations import (
         MiddlewareRegistrar,
         ProviderRegistrar,
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
         SubscriptionRegistrar,
         ToolRegistrar,
     )
+    from .routing import Route, RouteTable
 
 PROJECT = "sira"
 

@@ -85,5 +85,5 @@ def configure_logging(format: str = "console", level: str = "info") -> None:
 
 
 def get_logger(name: str = "sira") -> Any:
-    """A structlog logger bound with ``logger=name``."""
-    return structlog.get_logger(logger=name)
+    """A structlog logger bound with ``component=name``."""
+    return structlog.get_logger(component=name)

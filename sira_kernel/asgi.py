@@ -1,0 +1,173 @@
+"""The ASGI side of the kernel: per-snapshot apps built from registered routes and middleware.
+
+:class:`KernelApp` is what uvicorn serves. It runs the kernel in the ASGI lifespan and hands each
+connection to the app of the snapshot current when the connection arrived. Each snapshot's app is
+a Starlette ``Router`` of the routes plugins registered, every endpoint wrapped so that it holds a
+lease on its plugin while it runs (a streaming response included), inside the registered
+middleware (lowest ``order`` outermost). The kernel adds ``/health/live`` and ``/health/ready``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router, WebSocketRoute
+
+from .errors import PluginUnavailable
+from .logs import get_logger
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .plugins import PluginHandle
+    from .registrations import MiddlewareSpec, RouteSpec
+
+__all__ = ["ASGIApp", "KernelApp", "build_apps", "json_error", "next_request_id"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = get_logger("sira.asgi")
+_encode = msgspec.json.encode
+_PREFIX = f"{os.getpid():x}"
+_counter = itertools.count(1)
+
+
+def next_request_id() -> str:
+    """A request id unique within this process (cheap: pid prefix and a counter)."""
+    return f"req-{_PREFIX}-{next(_counter):x}"
+
+
+def json_error(status: int, message: str, code: str, error_type: str = "invalid_request_error") -> Response:
+    """An OpenAI-shaped error response."""
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    response = json_error(404, f"no route for {scope.get('method', '')} {scope.get('path', '')}", "not_found")
+    await response(scope, receive, send)
+
+
+def _leased(app: ASGIApp, handle: PluginHandle) -> ASGIApp:
+    async def leased(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            lease = handle.lease()
+        except PluginUnavailable:
+            if scope["type"] == "http":
+                response = json_error(503, f"plugin {handle.id!r} is not available", "plugin_unavailable",
+                                      "server_error")
+                await response(scope, receive, send)
+            return
+        with lease:
+            await app(scope, receive, send)
+
+    return leased
+
+
+def _health_routes(kernel: Kernel) -> list[Route]:
+    async def live(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def ready(request: Request) -> Response:
+        report = await kernel.health()
+        return Response(_encode(report), status_code=200 if report.ready else 503, media_type="application/json")
+
+    return [
+        Route("/health/live", live, methods=["GET"]),
+        Route("/health/ready", ready, methods=["GET"]),
+        Route("/health", ready, methods=["GET"]),
+    ]
+
+
+def build_apps(
+    kernel: Kernel,
+    routes: tuple[RouteSpec, ...],
+    middleware: tuple[MiddlewareSpec, ...],
+    handles: dict[str, PluginHandle],
+) -> dict[str, ASGIApp]:
+    """One ASGI app per listener ("public", "admin") for a snapshot."""
+    apps: dict[str, ASGIApp] = {}
+    for listener in ("public", "admin"):
+        built: list[Route | WebSocketRoute] = _health_routes(kernel) if listener == "public" else []
+        for spec in routes:
+            if spec.listener != listener:
+                continue
+            route: Route | WebSocketRoute
+            if spec.websocket:
+                route = WebSocketRoute(spec.path, spec.endpoint, name=spec.name)
+            else:
+                route = Route(spec.path, spec.endpoint, methods=list(spec.methods) if spec.methods else None,
+                              name=spec.name)
+            handle = handles.get(spec.owner)
+            if handle is not None:
+                route.app = _leased(route.app, handle)
+            built.append(route)
+        app: ASGIApp = Router(routes=built, default=_not_found)
+        for mw in reversed(middleware):  # lowest order ends up outermost
+            app = mw.cls(app, *mw.args, **mw.kwargs)
+        apps[listener] = app
+    return apps
+
+
+class KernelApp:
+    """The ASGI application uvicorn serves: kernel lifespan plus dispatch to the current snapshot.
+
+    ``factory`` builds the kernel at startup (so each worker process builds its own).
+    """
+
+    def __init__(self, factory: Callable[[], Kernel], listener: str = "public") -> None:
+        self._factory = factory
+        self.listener = listener
+        self.kernel: Kernel | None = None
+        self._stack: AsyncExitStack | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        kernel = self.kernel
+        if kernel is None:
+            if kind == "http":
+                await json_error(503, "the gateway is starting", "starting", "server_error")(scope, receive, send)
+            return
+        request_id = next_request_id()
+        scope["sira.request_id"] = request_id
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        await kernel.snapshot.apps[self.listener](scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self._stack = AsyncExitStack()
+                    kernel = self._factory()
+                    self.kernel = await self._stack.enter_async_context(kernel)
+                except Exception as exc:
+                    _log.exception("kernel.start_failed")
+                    await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    if self._stack is not None:
+                        await self._stack.aclose()
+                finally:
+                    self.kernel = None
+                    await send({"type": "lifespan.shutdown.complete"})
+                return

@@ -1,0 +1,49 @@
+"""Events the kernel publishes on the bus. Each names its topic in a ``topic`` ClassVar."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import msgspec
+
+__all__ = ["PluginEvent", "UsageRecord"]
+
+
+class UsageRecord(msgspec.Struct, kw_only=True):
+    """One client request's outcome, published once per request on ``usage.request``.
+
+    Published for every request that reached the pipeline, successful or not, exactly once, after
+    the response (or stream) ended. ``status`` is the HTTP status the client got (499 when the
+    client went away first). Never contains prompts, completions or credentials.
+    """
+
+    topic: ClassVar[str] = "usage.request"
+
+    request_id: str
+    timestamp: float
+    operation: str
+    principal: str
+    principal_kind: str
+    tenant: str | None = None
+    team: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    stream: bool = False
+    status: int = 200
+    error_code: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    attempts: int = 1
+
+
+class PluginEvent(msgspec.Struct, kw_only=True):
+    """A plugin changed state. Published on ``plugin.<state>`` (active, draining, stopped, failed)."""
+
+    plugin_id: str
+    state: str
+    generation: int
+    reason: str | None = None

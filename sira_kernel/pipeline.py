@@ -1,0 +1,437 @@
+"""The request pipeline: authenticate → authorize → route → schedule → provider → usage event.
+
+Surfaces (HTTP plugins) translate their wire format into kernel types and call :class:`Pipeline`;
+they turn the :class:`~sira_kernel.errors.SiraError` it raises into their own error shape. Each call
+reads the kernel's registry snapshot once, so it sees every plugin entirely or not at all, holds a
+lease on the provider's plugin until the response (or stream) ends, and publishes exactly one
+:class:`~sira_kernel.events.UsageRecord`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from .auth import Principal, RequestInfo
+from .errors import (
+    AuthenticationFailed,
+    AuthorizationDenied,
+    ModelNotFound,
+    PluginUnavailable,
+    ProviderError,
+    ProviderUnavailable,
+    RequestError,
+    SiraError,
+)
+from .events import UsageRecord
+from .logs import get_logger
+from .providers import CallContext, Provider
+from .routing import Deployment, Route
+from .scheduler import Reservation
+from .types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelInfo,
+    StreamError,
+    StreamEvent,
+    StreamStart,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from .kernel import Kernel, Snapshot
+    from .plugins import Lease
+
+__all__ = ["ChatStream", "Pipeline"]
+
+_log = get_logger("sira.pipeline")
+CLIENT_CLOSED = 499
+
+
+def _estimate_prompt_tokens(request: ChatRequest) -> int:
+    # A cheap bound for reservations; exact counts come back in the provider's usage.
+    chars = 0
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            chars += len(content)
+        elif content:
+            for part in content:
+                text = part.get("text")
+                if isinstance(text, str):
+                    chars += len(text)
+    return chars // 4 + 4 * len(request.messages)
+
+
+class ChatStream:
+    """A started chat stream: iterate it for events; always ``aclose()`` it (surfaces do).
+
+    The first event (``StreamStart``) has already arrived from the provider when a surface receives
+    this object, so upstream failures before that are raised as errors with a proper status instead.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        events: AsyncIterator[StreamEvent],
+        first: StreamEvent,
+        record: UsageRecord,
+        started: float,
+        lease: Lease,
+        reservation: Reservation,
+        deployment: Deployment,
+    ) -> None:
+        self._pipeline = pipeline
+        self._events = events
+        self._first: StreamEvent | None = first
+        self._record = record
+        self._started = started
+        self._lease = lease
+        self._reservation = reservation
+        self.deployment = deployment
+        self.usage: Usage | None = None
+        self._closed = False
+        self._failed: StreamError | None = None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        lease = self._lease
+        events = self._events
+        record = self._record
+        while True:
+            with anyio.CancelScope() as scope:
+                lease.attach(scope)
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    lease.attach(None)
+                    return
+                except ProviderError as exc:
+                    event = StreamError(
+                        message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type
+                    )
+                except Exception as exc:
+                    _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
+                    event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
+            lease.attach(None)
+            if scope.cancelled_caught:
+                event = StreamError(
+                    message=f"provider {self.deployment.provider!r} was unloaded before the stream finished",
+                    status=503, code="provider_unloaded",
+                )
+            if record.ttft_ms is None and not isinstance(event, StreamStart):
+                record.ttft_ms = (time.perf_counter() - self._started) * 1000
+            if isinstance(event, Usage):
+                self.usage = event
+            elif isinstance(event, StreamError):
+                self._failed = event
+                yield event
+                return
+            yield event
+
+    async def aclose(self, client_gone: bool = False) -> None:
+        """End the stream: close the provider's iterator, settle capacity, publish usage once."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                close = getattr(self._events, "aclose", None)
+                if close is not None:
+                    await close()
+            except Exception:
+                _log.exception("pipeline.stream_close_failed", provider=self.deployment.provider)
+            finally:
+                self._lease.release()
+                record = self._record
+                usage = self.usage
+                if usage is not None:
+                    record.prompt_tokens = usage.prompt_tokens
+                    record.completion_tokens = usage.completion_tokens
+                    record.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+                if self._failed is not None:
+                    record.status, record.error_code = self._failed.status, self._failed.code
+                elif client_gone:
+                    record.status, record.error_code = CLIENT_CLOSED, "client_closed"
+                if usage is not None or self._failed is None:
+                    await self._reservation.settle(record.total_tokens)
+                else:
+                    await self._reservation.release()
+                self._pipeline._finish(record, self._started)
+
+
+class Pipeline:
+    """Runs one request through the kernel's decision hooks, scheduler and a provider."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+
+    # -- decision hooks -----------------------------------------------------------------------------
+
+    async def authenticate(self, snap: Snapshot, info: RequestInfo) -> Principal:
+        """First non-None principal in pluggy order; anything else (exception, no answer) is a 401."""
+        for function, plugin_id in snap.authenticate:
+            try:
+                answer: Any = function(request=info)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+            except AuthenticationFailed:
+                raise
+            except Exception:
+                _log.exception("pipeline.authenticate_failed", plugin=plugin_id)
+                raise AuthenticationFailed("authentication failed") from None
+            if answer is not None:
+                if not isinstance(answer, Principal):
+                    _log.error("pipeline.authenticate_bad_answer", plugin=plugin_id)
+                    raise AuthenticationFailed("authentication failed")
+                return answer
+        raise AuthenticationFailed("no credentials were accepted")
+
+    async def authorize(
+        self, snap: Snapshot, principal: Principal, info: RequestInfo, operation: str, model: str | None
+    ) -> None:
+        """Every plugin votes; any False (or exception) denies."""
+        for function, plugin_id in snap.authorize:
+            try:
+                vote: Any = function(principal=principal, request=info, operation=operation, model=model)
+                if inspect.isawaitable(vote):
+                    vote = await vote
+            except AuthorizationDenied:
+                raise
+            except Exception:
+                _log.exception("pipeline.authorize_failed", plugin=plugin_id)
+                raise AuthorizationDenied("authorization failed") from None
+            if vote is False:
+                target = f" on model {model!r}" if model else ""
+                raise AuthorizationDenied(f"not allowed to {operation}{target}")
+
+    async def route(self, snap: Snapshot, request: Any, principal: Principal) -> Route:
+        for function, plugin_id in snap.route:
+            try:
+                answer: Any = function(request=request, principal=principal, routes=snap.route_table)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+            except SiraError:
+                raise
+            except Exception:
+                _log.exception("pipeline.route_failed", plugin=plugin_id)
+                raise ProviderUnavailable(f"routing failed in plugin {plugin_id!r}") from None
+            if answer is not None:
+                if not answer.deployments:
+                    break
+                return answer  # type: ignore[no-any-return]
+        raise ModelNotFound(f"the model {request.model!r} does not exist or is not served here", param="model")
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _record(self, info: RequestInfo, operation: str, model: str | None, stream: bool = False) -> UsageRecord:
+        return UsageRecord(
+            request_id=info.request_id, timestamp=time.time(), operation=operation,
+            principal="unknown", principal_kind="unknown", model=model, stream=stream,
+        )
+
+    def _finish(self, record: UsageRecord, started: float) -> None:
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        self.kernel.bus.publish_nowait(record)
+
+    def _check_bounds(self, request: ChatRequest) -> None:
+        limits = self.kernel.config.limits
+        if not request.messages:
+            raise RequestError("messages must contain at least one message", param="messages")
+        if len(request.messages) > limits.max_messages:
+            raise RequestError(f"at most {limits.max_messages} messages are allowed", param="messages")
+        if request.n is not None and not 1 <= request.n <= limits.max_n:
+            raise RequestError(f"n must be between 1 and {limits.max_n}", param="n")
+        cap = request.token_limit
+        if cap is not None and not 1 <= cap <= limits.max_tokens:
+            field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+            raise RequestError(f"{field} must be between 1 and {limits.max_tokens}", param=field)
+
+    def _call_context(self, deployment: Deployment, info: RequestInfo) -> CallContext:
+        limits = self.kernel.config.limits
+        return CallContext(
+            upstream_model=deployment.model, request_id=info.request_id,
+            connect_timeout=limits.connect_timeout, first_token_timeout=limits.first_token_timeout,
+            total_timeout=limits.total_timeout, max_response_bytes=limits.max_response_bytes,
+        )
+
+    async def _admit(
+        self, snap: Snapshot, info: RequestInfo, operation: str, model: str, request: Any, record: UsageRecord
+    ) -> tuple[Principal, Deployment, Provider, Lease, Reservation]:
+        principal = await self.authenticate(snap, info)
+        record.principal, record.principal_kind = principal.id, principal.kind
+        record.tenant, record.team = principal.tenant, principal.team
+        await self.authorize(snap, principal, info, operation, model)
+        route = await self.route(snap, request, principal)
+        deployment = route.deployments[0]
+        entry = snap.providers.get(deployment.provider)
+        if entry is None:
+            raise PluginUnavailable(deployment.provider, "no such provider is active")
+        provider, handle = entry
+        record.provider, record.upstream_model = deployment.provider, deployment.model
+        tokens = 0
+        if principal.limits and isinstance(request, ChatRequest):
+            tokens = _estimate_prompt_tokens(request) + (request.token_limit or 256)
+        reservation = await self.kernel.scheduler.reserve(
+            pool="requests", limits=principal.limits, tokens=tokens,
+            tenant=principal.tenant or principal.id, priority=principal.priority,
+        )
+        try:
+            lease = handle.lease()
+        except BaseException:
+            await reservation.release()
+            raise
+        return principal, deployment, provider, lease, reservation
+
+    # -- operations ---------------------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest, info: RequestInfo) -> ChatResponse:
+        """A non-streamed chat completion."""
+        started = time.perf_counter()
+        snap = self.kernel.snapshot
+        record = self._record(info, "chat", request.model)
+        reservation: Reservation | None = None
+        try:
+            self._check_bounds(request)
+            _, deployment, provider, lease, reservation = await self._admit(
+                snap, info, "chat", request.model, request, record
+            )
+            with lease:
+                with anyio.CancelScope() as scope:
+                    lease.attach(scope)
+                    response = await provider.chat(request, self._call_context(deployment, info))
+                if scope.cancelled_caught:
+                    raise ProviderUnavailable(
+                        f"provider {deployment.provider!r} was unloaded before it answered",
+                        status=503, code="provider_unloaded",
+                    )
+            usage = response.usage
+            if usage is not None:
+                record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                record.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+            await reservation.settle(record.total_tokens)
+            reservation = None
+            return response
+        except SiraError as exc:
+            record.status, record.error_code = exc.status, exc.code
+            raise
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            record.status = CLIENT_CLOSED if cancelled else 500
+            record.error_code = "client_closed" if cancelled else "internal_error"
+            raise
+        finally:
+            if reservation is not None:
+                await reservation.release()
+            self._finish(record, started)
+
+    async def stream(self, request: ChatRequest, info: RequestInfo) -> ChatStream:
+        """Start a streamed chat completion. Errors before the provider's first event are raised."""
+        started = time.perf_counter()
+        snap = self.kernel.snapshot
+        record = self._record(info, "chat", request.model, stream=True)
+        reservation: Reservation | None = None
+        lease: Lease | None = None
+        events: AsyncIterator[StreamEvent] | None = None
+        try:
+            self._check_bounds(request)
+            _, deployment, provider, lease, reservation = await self._admit(
+                snap, info, "chat", request.model, request, record
+            )
+            events = provider.stream(request, self._call_context(deployment, info))
+            with anyio.CancelScope() as scope:
+                lease.attach(scope)
+                first = await events.__anext__()
+            lease.attach(None)
+            if scope.cancelled_caught:
+                raise ProviderUnavailable(
+                    f"provider {deployment.provider!r} was unloaded before it answered",
+                    status=503, code="provider_unloaded",
+                )
+            if isinstance(first, StreamError):
+                raise ProviderError(first.message, status=first.status, code=first.code)
+            stream = ChatStream(self, events, first, record, started, lease, reservation, deployment)
+            lease = reservation = events = None  # owned by the stream now
+            return stream
+        except StopAsyncIteration:
+            record.status, record.error_code = 502, "upstream_empty"
+            raise ProviderUnavailable("the upstream ended the stream before sending anything") from None
+        except SiraError as exc:
+            record.status, record.error_code = exc.status, exc.code
+            raise
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            record.status = CLIENT_CLOSED if cancelled else 500
+            record.error_code = "client_closed" if cancelled else "internal_error"
+            raise
+        finally:
+            if events is not None or lease is not None or reservation is not None:
+                with anyio.CancelScope(shield=True):
+                    if events is not None and hasattr(events, "aclose"):
+                        try:
+                            await events.aclose()
+                        except Exception:
+                            _log.exception("pipeline.stream_close_failed")
+                    if lease is not None:
+                        lease.release()
+                    if reservation is not None:
+                        await reservation.release()
+                self._finish(record, started)
+
+    async def embed(self, request: EmbeddingRequest, info: RequestInfo) -> EmbeddingResponse:
+        """Embeddings through the same admission path as chat."""
+        started = time.perf_counter()
+        snap = self.kernel.snapshot
+        record = self._record(info, "embeddings", request.model)
+        reservation: Reservation | None = None
+        try:
+            _, deployment, provider, lease, reservation = await self._admit(
+                snap, info, "embeddings", request.model, request, record
+            )
+            with lease:
+                response = await provider.embed(request, self._call_context(deployment, info))
+            if response.usage is not None:
+                record.prompt_tokens = response.usage.prompt_tokens
+                record.total_tokens = response.usage.total_tokens or response.usage.prompt_tokens
+            await reservation.settle(record.total_tokens)
+            reservation = None
+            return response
+        except SiraError as exc:
+            record.status, record.error_code = exc.status, exc.code
+            raise
+        except BaseException as exc:
+            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+            record.status = CLIENT_CLOSED if cancelled else 500
+            record.error_code = "client_closed" if cancelled else "internal_error"
+            raise
+        finally:
+            if reservation is not None:
+                await reservation.release()
+            self._finish(record, started)
+
+    async def models(self, info: RequestInfo) -> list[ModelInfo]:
+        """The models the caller may use (authenticated; each model authorized)."""
+        snap = self.kernel.snapshot
+        principal = await self.authenticate(snap, info)
+        await self.authorize(snap, principal, info, "models", None)
+        allowed = []
+        for model in snap.route_table.models():
+            try:
+                await self.authorize(snap, principal, info, "chat", model.id)
+            except AuthorizationDenied:
+                continue
+            allowed.append(model)
+        return allowed
+
+
