@@ -40,8 +40,10 @@ def example_from_schema(schema: Any) -> Any:
 
 
 def _example(schema: Any, root: Any, depth: int) -> Any:
-    if not isinstance(schema, dict) or depth > MAX_DEPTH:
-        return None if depth > MAX_DEPTH else "mock"
+    if not isinstance(schema, dict):
+        return "mock"
+    if depth > 4 * MAX_DEPTH:  # a cycle of $refs that never reaches an object or array
+        return None
     ref = schema.get("$ref")
     if isinstance(ref, str):
         return _example(_resolve(ref, root), root, depth + 1)
@@ -74,8 +76,10 @@ def _example(schema: Any, root: Any, depth: int) -> Any:
         kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
 
     if kind == "object":
-        properties = schema.get("properties")
         value: dict[str, Any] = {}
+        if depth >= MAX_DEPTH:  # recursive schemas end in {}
+            return value
+        properties = schema.get("properties")
         if isinstance(properties, dict):
             for name, sub in properties.items():
                 value[name] = _example(sub, root, depth + 1)
