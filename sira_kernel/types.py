@@ -36,12 +36,12 @@ __all__ = [
 ]
 
 
-class ToolFunction(msgspec.Struct, omit_defaults=True):
+class ToolFunction(msgspec.Struct):
     name: str
     arguments: str = ""
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True):
+class ToolCall(msgspec.Struct):
     id: str
     function: ToolFunction
     type: str = "function"
@@ -94,7 +94,7 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class Usage(msgspec.Struct, omit_defaults=True):
+class Usage(msgspec.Struct):
     """Token counts. As a stream event it reports the totals for the whole response."""
 
     prompt_tokens: int = 0
@@ -104,14 +104,14 @@ class Usage(msgspec.Struct, omit_defaults=True):
     completion_tokens_details: dict[str, Any] | None = None
 
 
-class ChatChoice(msgspec.Struct, omit_defaults=True):
+class ChatChoice(msgspec.Struct):
     index: int
     message: Message
     finish_reason: str | None = None
     logprobs: Any = None
 
 
-class ChatResponse(msgspec.Struct, omit_defaults=True):
+class ChatResponse(msgspec.Struct):
     """A complete (non-streamed) chat completion."""
 
     id: str
@@ -199,7 +199,7 @@ class EmbeddingData(msgspec.Struct):
     object: str = "embedding"
 
 
-class EmbeddingResponse(msgspec.Struct, omit_defaults=True):
+class EmbeddingResponse(msgspec.Struct):
     data: list[EmbeddingData]
     model: str
     usage: Usage | None = None

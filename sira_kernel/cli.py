@@ -1,0 +1,403 @@
+"""The ``sira`` command line.
+
+    sira serve   [--config PATH] [--host H] [--port P] [--workers N]   run the gateway in the foreground
+    sira check   [--config PATH]                                       validate config, start plugins, report
+    sira plugins list [--config PATH]                                  installed plugins and what is enabled
+    sira plugins info ID                                               one plugin's distribution, docs, config
+    sira start   [--config PATH] [--host H] [--port P] [--workers N]   run the gateway in the background
+    sira status  [--config PATH]                                       is the background gateway up?
+    sira stop    [--config PATH]                                       stop it (SIGTERM, drains open streams)
+
+Errors for a bad config or a busy port are one line on stderr and a non-zero exit, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+
+from .config import KernelConfig, load_config
+from .errors import ConfigError
+from .server import CONFIG_ENV
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class CLIError(Exception):
+    """A one-line error for the user."""
+
+
+def _config_path(args: argparse.Namespace) -> str:
+    if args.config:
+        return str(args.config)
+    return os.environ.get(CONFIG_ENV) or "kernel.toml"
+
+
+def _load(args: argparse.Namespace) -> KernelConfig:
+    path = _config_path(args)
+    if not args.config and not Path(path).exists():
+        raise CLIError(f"no config file: {path} (pass --config PATH or set ${CONFIG_ENV})")
+    return load_config(path)
+
+
+def _apply_overrides(config: KernelConfig, args: argparse.Namespace) -> None:
+    if getattr(args, "host", None):
+        config.server.host = args.host
+    if getattr(args, "port", None) is not None:
+        config.server.port = args.port
+    if getattr(args, "workers", None) is not None:
+        config.server.workers = args.workers
+
+
+def _check_port(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise CLIError(f"port {port} on {host} is already in use") from None
+            if err.errno == errno.EADDRNOTAVAIL:
+                raise CLIError(f"cannot bind {host}:{port}: address not available on this machine") from None
+            raise CLIError(f"cannot bind {host}:{port}: {err.strerror}") from None
+
+
+# -- serve -------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    config = _load(args)
+    _apply_overrides(config, args)
+    server = config.server
+    _check_port(server.host, server.port)
+    os.environ[CONFIG_ENV] = os.path.abspath(_config_path(args))
+    os.environ["SIRA_SERVER_HOST"] = server.host
+    os.environ["SIRA_SERVER_PORT"] = str(server.port)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        loop = "asyncio"
+    try:
+        import httptools  # noqa: F401
+
+        http = "httptools"
+    except ImportError:  # pragma: no cover
+        http = "h11"
+    uvicorn.run(
+        "sira_kernel.server:create_app",
+        factory=True,
+        host=server.host,
+        port=server.port,
+        workers=server.workers if server.workers > 1 else None,
+        loop=loop,
+        http=http,
+        lifespan="on",
+        access_log=server.access_log,
+        log_level="warning" if config.logging.level in ("warning", "error") else "info",
+        timeout_graceful_shutdown=int(server.graceful_timeout),
+        server_header=False,
+    )
+    return EXIT_OK
+
+
+# -- check and plugins -------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .kernel import Kernel
+    from .logs import configure_logging
+
+    config = _load(args)
+    configure_logging(config.logging.format, "error")
+    report: dict[str, Any] = {}
+
+    async def run() -> None:
+        async with Kernel(config) as kernel:
+            report["infos"] = kernel.plugins.infos()
+            report["health"] = await kernel.health()
+
+    anyio.run(run)
+    enabled = set(config.enabled_plugins())
+    failed = 0
+    print(f"config: {config.source}: ok")
+    for info in report["infos"]:
+        if info.id not in enabled and info.state == "discovered":
+            continue
+        line = f"  {info.id:<24} {info.state:<10}"
+        if info.distribution:
+            line += f" {info.distribution} {info.version or ''}"
+        if info.reason:
+            line += f"  -- {info.reason}"
+        if info.state == "failed":
+            failed += 1
+        print(line.rstrip())
+    skipped = [p for p in config.kernel.plugins if p not in enabled]
+    for plugin_id in skipped:
+        env = config.plugins.get(plugin_id, {}).get("when_env")
+        print(f"  {plugin_id:<24} {'skipped':<10} (${env} is not set)")
+    print(f"health: {report['health'].status}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_plugins_list(args: argparse.Namespace) -> int:
+    from importlib_metadata import entry_points
+
+    from .plugins import ENTRY_POINT_GROUP
+
+    enabled: set[str] = set()
+    configured: dict[str, str] = {}
+    path = _config_path(args)
+    if Path(path).exists():
+        config = load_config(path)
+        enabled = set(config.enabled_plugins())
+        configured = {pid: config.entry_point_for(pid) for pid in config.kernel.plugins}
+    print(f"{'ID':<24} {'ENABLED':<8} DISTRIBUTION")
+    seen = set()
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name in seen:
+            continue
+        seen.add(ep.name)
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "?"
+        print(f"{ep.name:<24} {'yes' if ep.name in enabled else 'no':<8} {dist}")
+    for instance, entry in configured.items():
+        if instance not in seen:
+            mark = "yes" if instance in enabled else "no"
+            note = f"(instance of {entry})" if entry != instance else "(not installed)"
+            print(f"{instance:<24} {mark:<8} {note}")
+    return EXIT_OK
+
+
+def cmd_plugins_info(args: argparse.Namespace) -> int:
+    import inspect
+
+    from importlib_metadata import entry_points
+
+    from .plugins import ENTRY_POINT_GROUP
+
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == args.id]
+    if not found:
+        raise CLIError(f"no installed plugin has the id {args.id!r} (see 'sira plugins list')")
+    ep = found[0]
+    print(f"id:           {ep.name}")
+    if ep.dist:
+        print(f"distribution: {ep.dist.name} {ep.dist.version}")
+    print(f"entry point:  {ep.value}")
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        print(f"import:       FAILED ({type(exc).__name__}: {exc})")
+        return EXIT_FAILED
+    print(f"kernel API:   {getattr(cls, 'sira_api', '?')}")
+    for attr in ("requires", "provides"):
+        values = [v if isinstance(v, str) else v.__name__ for v in getattr(cls, attr, ())]
+        if values:
+            print(f"{attr + ':':<14}{', '.join(values)}")
+    doc = inspect.getdoc(cls)
+    if doc:
+        print("\n" + doc)
+    schema = getattr(cls, "Config", None)
+    if schema is not None:
+        print(f"\n[plugins.{ep.name}]")
+        for field in msgspec.structs.fields(schema):
+            default = field.default if field.default is not msgspec.NODEFAULT else None
+            if field.default_factory is not msgspec.NODEFAULT:
+                default = field.default_factory()
+            if field.required:
+                default = "(required)"
+            print(f"  {field.encode_name} = {default!r}")
+    return EXIT_OK
+
+
+# -- background server -------------------------------------------------------------------------------
+
+
+def _data_dir(config: KernelConfig) -> Path:
+    base = Path(config.source).parent if config.source and not config.source.startswith("<") else Path.cwd()
+    path = Path(config.kernel.data_dir)
+    return path if path.is_absolute() else base / path
+
+
+def _pid_file(config: KernelConfig) -> Path:
+    return _data_dir(config) / "sira.pid"
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _local_url(config: KernelConfig) -> str:
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{config.server.port}"
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    config = _load(args)
+    _apply_overrides(config, args)
+    pid_file = _pid_file(config)
+    running = _read_pid(pid_file)
+    if running:
+        raise CLIError(f"sira is already running (pid {running}, {pid_file})")
+    _check_port(config.server.host, config.server.port)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_path = pid_file.parent / "sira.log"
+    command = [sys.executable, "-m", "sira_kernel", "serve", "--config", os.path.abspath(_config_path(args)),
+               "--host", config.server.host, "--port", str(config.server.port),
+               "--workers", str(config.server.workers)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    pid_file.write_text(f"{process.pid}\n")
+    url = _local_url(config)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pid_file.unlink(missing_ok=True)
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise CLIError("sira exited during start: " + (" | ".join(tail) or f"exit code {process.returncode}"))
+        try:
+            status, _ = _get(f"{url}/health/live", 0.5)
+            if status == 200:
+                print(f"sira started (pid {process.pid}) on {url}; log: {log_path}")
+                return EXIT_OK
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise CLIError(f"sira did not answer on {url} within 30s; see {log_path}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    pid = _read_pid(_pid_file(config))
+    if pid is None:
+        print("sira is not running")
+        return EXIT_FAILED
+    url = _local_url(config)
+    try:
+        status, body = _get(f"{url}/health/ready")
+        report = msgspec.json.decode(body)
+        print(f"sira is running (pid {pid}) on {url}: {report.get('status', status)}")
+        for plugin in report.get("plugins", []):
+            if plugin["state"] != "discovered":
+                reason = f"  -- {plugin['reason']}" if plugin.get("reason") else ""
+                print(f"  {plugin['id']:<24} {plugin['state']}{reason}")
+    except (OSError, msgspec.DecodeError):
+        print(f"sira process {pid} is running but does not answer on {url}")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    config = _load(args)
+    pid_file = _pid_file(config)
+    pid = _read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        print("sira is not running")
+        return EXIT_OK
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + config.server.graceful_timeout + 10
+    while time.monotonic() < deadline:
+        if _read_pid(pid_file) is None:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        print(f"sira (pid {pid}) did not stop in time; killed")
+    pid_file.unlink(missing_ok=True)
+    print(f"sira stopped (pid {pid})")
+    return EXIT_OK
+
+
+# -- argument parsing --------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sira", description="Sira, the AI gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", help=f"kernel.toml to use (default: ${CONFIG_ENV} or ./kernel.toml)")
+        return p
+
+    def with_server(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", help="address to listen on (overrides server.host)")
+        p.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+        p.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+
+    serve = with_config(sub.add_parser("serve", help="run the gateway in the foreground"))
+    with_server(serve)
+    serve.set_defaults(func=cmd_serve)
+    with_config(sub.add_parser("check", help="validate the config and start every plugin once")).set_defaults(
+        func=cmd_check
+    )
+    plugins = sub.add_parser("plugins", help="installed plugins")
+    plugins_sub = plugins.add_subparsers(dest="plugins_command", required=True)
+    with_config(plugins_sub.add_parser("list", help="list installed plugins")).set_defaults(func=cmd_plugins_list)
+    info = plugins_sub.add_parser("info", help="show one plugin")
+    info.add_argument("id")
+    info.set_defaults(func=cmd_plugins_info)
+    start = with_config(sub.add_parser("start", help="run the gateway in the background"))
+    with_server(start)
+    start.set_defaults(func=cmd_start)
+    with_config(sub.add_parser("status", help="is the background gateway running?")).set_defaults(func=cmd_status)
+    with_config(sub.add_parser("stop", help="stop the background gateway")).set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CLIError, ConfigError) as exc:
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        print(f"sira: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
