@@ -507,6 +507,7 @@ class PluginRegistry:
         assert handle._stop is not None and handle._stopped is not None
         stop_timeout = self.kernel.config.kernel.stop_timeout
         manager = None
+        start_failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tasks:
                 self._bind_task_starter(handle, tasks)
@@ -516,21 +517,28 @@ class PluginRegistry:
                         if manager is not None:
                             await manager.__aenter__()
                     except Exception as exc:
+                        # Raised after the task group has closed: raised inside it, the failure
+                        # would reach the caller as an opaque ExceptionGroup instead of its cause.
+                        start_failure = exc
                         tasks.cancel_scope.cancel()
-                        raise PluginLoadError(handle.id, f"lifespan start failed: {_describe(exc)}") from exc
-                task_status.started()
-                await handle._stop.wait()
-                tasks.cancel_scope.cancel()  # the plugin's own tasks go first
-                if manager is not None:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(stop_timeout) as bounded:
-                        try:
-                            await manager.__aexit__(None, None, None)
-                        except Exception as exc:
-                            handle.reason = f"lifespan exit failed: {_describe(exc)}"
-                            _log.error("plugin.lifespan_exit_failed", plugin=handle.id, reason=handle.reason)
-                    if bounded.cancelled_caught:
-                        handle.reason = f"lifespan exit did not finish within {stop_timeout:g}s"
-                        _log.error("plugin.lifespan_exit_timeout", plugin=handle.id)
+                if start_failure is None:
+                    task_status.started()
+                    await handle._stop.wait()
+                    tasks.cancel_scope.cancel()  # the plugin's own tasks go first
+                    if manager is not None:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(stop_timeout) as bounded:
+                            try:
+                                await manager.__aexit__(None, None, None)
+                            except Exception as exc:
+                                handle.reason = f"lifespan exit failed: {_describe(exc)}"
+                                _log.error("plugin.lifespan_exit_failed", plugin=handle.id, reason=handle.reason)
+                        if bounded.cancelled_caught:
+                            handle.reason = f"lifespan exit did not finish within {stop_timeout:g}s"
+                            _log.error("plugin.lifespan_exit_timeout", plugin=handle.id)
+            if start_failure is not None:
+                raise PluginLoadError(
+                    handle.id, f"lifespan start failed: {_describe(start_failure)}"
+                ) from start_failure
         finally:
             if handle.context is not None:
                 handle.context._start_task = None
