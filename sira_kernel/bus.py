@@ -141,6 +141,7 @@ class Subscription:
         if depth >= self.queue_size:
             if self.overflow == "drop_oldest":
                 self._drop(queue.popleft())
+                depth -= 1
             else:  # drop_newest, or block when the publisher cannot wait
                 self._drop(event)
                 return False
