@@ -14,7 +14,8 @@ queue is full its declared overflow policy decides:
   then drops. :meth:`MessageBus.publish_nowait` never waits: it drops at once.
 
 Every drop is counted and passed to the subscription's ``on_drop`` callback (so a ledger can spill
-to disk instead of losing a record). ``lagged`` counts events that found the queue over half full.
+to disk instead of losing a record). ``lagged`` counts events that found the queue at least half
+full, whether or not they were then queued.
 
 A :class:`BusBridge` carries events between instances (Redis later); this module only defines it.
 """
@@ -138,6 +139,8 @@ class Subscription:
             return False
         queue = self._queue
         depth = len(queue)
+        if depth >= self._half:
+            self.lagged += 1
         if depth >= self.queue_size:
             if self.overflow == "drop_oldest":
                 self._drop(queue.popleft())
@@ -145,8 +148,6 @@ class Subscription:
             else:  # drop_newest, or block when the publisher cannot wait
                 self._drop(event)
                 return False
-        elif depth >= self._half:
-            self.lagged += 1
         queue.append(event)
         depth += 1
         if depth > self.high_water:
