@@ -186,7 +186,7 @@ StreamEvent: TypeAlias = StreamStart | TextDelta | ReasoningDelta | ToolCallDelt
 
 class EmbeddingRequest(msgspec.Struct, omit_defaults=True):
     model: str
-    input: str | list[str] | list[int] | list[list[int]]
+    input: str | list[Any]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: int | None = None
     user: str | None = None
