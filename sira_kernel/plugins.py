@@ -699,7 +699,10 @@ class PluginRegistry:
     async def stop_all(self) -> None:
         """Unload every plugin in reverse start order (kernel shutdown)."""
         async with self.lock:
-            order = sorted(self.handles.values(), key=lambda h: h.generation, reverse=True)
+            # ``handles`` is in start order (activation inserts, unload deletes, replace keeps the
+            # slot). Generations are numbered in config order before dependency ordering, so
+            # sorting by them would stop a service's provider before the plugins that need it.
+            order = list(reversed(self.handles.values()))
             self.handles.clear()
             self.kernel._commit([], set())
             with anyio.CancelScope(shield=True):
