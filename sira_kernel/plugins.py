@@ -524,21 +524,25 @@ class PluginRegistry:
                 if start_failure is None:
                     task_status.started()
                     await handle._stop.wait()
-                    tasks.cancel_scope.cancel()  # the plugin's own tasks go first
-                    if manager is not None:
-                        with anyio.CancelScope(shield=True), anyio.move_on_after(stop_timeout) as bounded:
-                            try:
-                                await manager.__aexit__(None, None, None)
-                            except Exception as exc:
-                                handle.reason = f"lifespan exit failed: {_describe(exc)}"
-                                _log.error("plugin.lifespan_exit_failed", plugin=handle.id, reason=handle.reason)
-                        if bounded.cancelled_caught:
-                            handle.reason = f"lifespan exit did not finish within {stop_timeout:g}s"
-                            _log.error("plugin.lifespan_exit_timeout", plugin=handle.id)
+                # The plugin's own tasks end (the task group waits for them) before its lifespan
+                # exits, so they never use a client the lifespan has already closed.
+                tasks.cancel_scope.cancel()
+            if handle.context is not None:
+                handle.context._start_task = None
             if start_failure is not None:
                 raise PluginLoadError(
                     handle.id, f"lifespan start failed: {_describe(start_failure)}"
                 ) from start_failure
+            if manager is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(stop_timeout) as bounded:
+                    try:
+                        await manager.__aexit__(None, None, None)
+                    except Exception as exc:
+                        handle.reason = f"lifespan exit failed: {_describe(exc)}"
+                        _log.error("plugin.lifespan_exit_failed", plugin=handle.id, reason=handle.reason)
+                if bounded.cancelled_caught:
+                    handle.reason = f"lifespan exit did not finish within {stop_timeout:g}s"
+                    _log.error("plugin.lifespan_exit_timeout", plugin=handle.id)
         finally:
             if handle.context is not None:
                 handle.context._start_task = None
