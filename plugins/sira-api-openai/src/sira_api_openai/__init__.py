@@ -168,6 +168,7 @@ class ChatCompletions(_Endpoint):
         self, scope: Scope, receive: Receive, send: Send, stream: ChatStream, model: str, include_usage: bool
     ) -> None:
         client_gone = False
+        finished = False
         try:
             async with anyio.create_task_group() as tg:
 
@@ -176,40 +177,42 @@ class ChatCompletions(_Endpoint):
                     while True:
                         message = await receive()
                         if message["type"] == "http.disconnect":
-                            client_gone = True
+                            # Servers also report a disconnect once the response is complete.
+                            client_gone = not finished
                             tg.cancel_scope.cancel()
                             return
 
                 tg.start_soon(watch_disconnect)
-                await self._write(scope, send, stream, model, include_usage)
+                failed = await self._write(scope, send, stream, model, include_usage)
+                finished = True
+                await send({"type": "http.response.body", "body": b"" if failed else DONE, "more_body": False})
                 tg.cancel_scope.cancel()
         except OSError:
-            client_gone = True  # the server could not write: the client is gone
+            client_gone = not finished  # the server could not write: the client is gone
         finally:
             await stream.aclose(client_gone=client_gone)
 
     @staticmethod
-    async def _write(scope: Scope, send: Send, stream: ChatStream, model: str, include_usage: bool) -> None:
+    async def _write(scope: Scope, send: Send, stream: ChatStream, model: str, include_usage: bool) -> bool:
+        """Send the response head and every event; return True when the stream ended in an error."""
         events = stream.__aiter__()
         start = await events.__anext__()
         encoder = ChunkEncoder(start, model, include_usage)  # type: ignore[arg-type]
         headers = [*_SSE_HEADERS, (b"x-request-id", scope.get("sira.request_id", "").encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoder.first(), "more_body": True})
-        failed = False
         try:
             async for event in events:
                 line = encoder.encode(event)
                 if line is not None:
                     await send({"type": "http.response.body", "body": line, "more_body": True})
                 if isinstance(event, StreamError):
-                    failed = True
-                    break
+                    return True
         except SiraError as exc:
-            failed = True
             error = StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
             await send({"type": "http.response.body", "body": stream_error_line(error), "more_body": True})
-        await send({"type": "http.response.body", "body": b"" if failed else DONE, "more_body": False})
+            return True
+        return False
 
 
 class Embeddings(_Endpoint):

@@ -1,0 +1,419 @@
+"""End to end: the official ``openai`` SDK → Sira (real HTTP server) → a fake OpenAI-format upstream.
+
+Sira runs the installed ``api-openai`` and ``provider-openai`` plugins from their entry points,
+exactly as ``sira serve`` would, in a background thread; the upstream is a real aiohttp server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sira_kernel import UsageRecord
+from sira_kernel.bus import Subscription
+from sira_kernel.testing import ServerThread, make_kernel
+from sira_kernel.testing.fake_openai import Fault, FakeOpenAIUpstream
+
+MASTER = "sk-test-master-0123456789"
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAIUpstream]:
+    with FakeOpenAIUpstream() as fake:
+        yield fake
+
+
+def _config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
+    return {
+        "kernel": {"plugins": ["api-openai", "provider-openai"], "drain_timeout": 10.0, "stop_timeout": 2.0},
+        "server": {"master_key": MASTER},
+        "limits": {
+            "max_body_bytes": 65536, "max_n": 4, "max_tokens": 4096,
+            "first_token_timeout": 1.5, "total_timeout": 5.0, "connect_timeout": 2.0,
+        },
+        "plugins": {
+            "provider-openai": {
+                "base_url": upstream.base_url,
+                "api_key": UPSTREAM_KEY,
+                "models": ["gpt-4o-mini", "gpt-4o"],
+                "embedding_models": ["text-embedding-3-small"],
+            }
+        },
+    }
+
+
+class UsageLog:
+    """Collects every UsageRecord the kernel publishes (a real bus subscription)."""
+
+    def __init__(self) -> None:
+        self.records: list[UsageRecord] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, record: UsageRecord) -> None:
+        with self.lock:
+            self.records.append(record)
+
+    def take(self) -> list[UsageRecord]:
+        with self.lock:
+            out, self.records = self.records, []
+        return out
+
+
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeOpenAIUpstream) -> Iterator[ServerThread]:
+    with ServerThread(lambda: make_kernel(config=_config(upstream))) as server:
+        usage = UsageLog()
+        sub = Subscription("test-usage", "usage.request", usage)
+
+        async def subscribe() -> None:
+            server.kernel.bus.add(sub)
+            server.kernel.task_group.start_soon(sub.run)
+
+        server.call(subscribe)
+        server.usage = usage  # type: ignore[attr-defined]
+        yield server
+
+
+@pytest.fixture
+def client(gateway: ServerThread, upstream: FakeOpenAIUpstream) -> Iterator[openai.OpenAI]:
+    upstream.reset()
+    gateway.usage.take()  # type: ignore[attr-defined]
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER, max_retries=0, timeout=20) as c:
+        yield c
+    _assert_nothing_held(gateway)
+
+
+def _assert_nothing_held(gateway: ServerThread) -> None:
+    async def state() -> tuple[int, int, dict[str, int]]:
+        kernel = gateway.kernel
+        leases = {h.id: h.leases for h in kernel.plugins.handles.values()}
+        return kernel.scheduler.pools["requests"].in_use, kernel.scheduler.outstanding, leases
+
+    # Streams finish their bookkeeping right after the last byte; give the loop a moment.
+    import time
+
+    for _ in range(100):
+        in_use, outstanding, leases = gateway.call(state)
+        if in_use == 0 and outstanding == 0 and not any(leases.values()):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"capacity held after the test: in_use={in_use} outstanding={outstanding} {leases}")
+
+
+def _records(gateway: ServerThread, count: int) -> list[UsageRecord]:
+    import time
+
+    usage: UsageLog = gateway.usage  # type: ignore[attr-defined]
+    got: list[UsageRecord] = []
+    for _ in range(200):
+        got += usage.take()
+        if len(got) >= count:
+            break
+        time.sleep(0.01)
+    time.sleep(0.05)
+    got += usage.take()
+    return got
+
+
+# -- happy paths -------------------------------------------------------------------------------------
+
+
+def test_chat_non_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream, gateway: ServerThread) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello gateway"}], seed=7, stop=["zzz"]
+    )
+    assert completion.choices[0].message.content == "Echo: Hello gateway"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 2
+    sent = upstream.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent.json["model"] == "gpt-4o-mini" and sent.json["seed"] == 7 and sent.json["stop"] == ["zzz"]
+    [record] = _records(gateway, 1)
+    assert (record.status, record.provider, record.principal_kind) == (200, "provider-openai", "master")
+    assert record.total_tokens == completion.usage.total_tokens
+
+
+def test_stream_arrives_chunk_by_chunk(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
+                                       gateway: ServerThread) -> None:
+    words = " ".join(f"w{i}" for i in range(12))
+    upstream.enqueue(Fault(chunk_delay=0.05))
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": words}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, first_seen_while_upstream_open, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content and first_seen_while_upstream_open is None:
+            first_seen_while_upstream_open = upstream.open_streams == 1
+        if chunk.choices and chunk.choices[0].delta.content:
+            text += chunk.choices[0].delta.content
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert text == f"Echo: {words}"
+    assert first_seen_while_upstream_open is True  # relayed as it arrived, not buffered
+    assert usage is not None and usage.completion_tokens == 13
+    [record] = _records(gateway, 1)
+    assert record.stream and record.status == 200 and record.completion_tokens == 13
+    assert record.ttft_ms is not None
+
+
+def test_stream_without_include_usage_sends_no_usage_chunk(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    ))
+    assert all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}},
+    {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"location": {"type": "string"}}}}},
+]
+
+
+def test_tool_calls_non_stream(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS  # type: ignore[arg-type]
+    )
+    calls = completion.choices[0].message.tool_calls
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert calls is not None
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in calls] == [  # type: ignore[union-attr]
+        ("get_weather", {"location": "Paris"}), ("get_time", {"location": "Tokyo"})
+    ]
+
+
+def test_tool_calls_streamed_arrive_complete_and_in_order(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "weather?"}], tools=TOOLS,  # type: ignore[arg-type]
+        stream=True,
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                if delta.id:
+                    call["id"] = delta.id
+                if delta.function and delta.function.name:
+                    call["name"] = delta.function.name
+                if delta.function and delta.function.arguments:
+                    call["arguments"] += delta.function.arguments
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())] == [
+        ("get_weather", {"location": "Paris"}), ("get_time", {"location": "Tokyo"})
+    ]
+    assert all(c["id"] for c in calls.values())
+
+
+def test_multimodal_parts_response_format_and_n(client: openai.OpenAI, upstream: FakeOpenAIUpstream) -> None:
+    completion = client.chat.completions.create(
+        model="gpt-4o-mini", n=2, response_format={"type": "json_object"},
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "describe"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}],
+    )
+    assert len(completion.choices) == 2
+    sent = upstream.requests[-1].json
+    assert sent["messages"][0]["content"][1]["image_url"]["url"].startswith("data:image/png")
+    assert sent["response_format"] == {"type": "json_object"} and sent["n"] == 2
+
+
+def test_unknown_fields_pass_through_but_cannot_redirect(client: openai.OpenAI,
+                                                          upstream: FakeOpenAIUpstream) -> None:
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+        extra_body={"custom_knob": {"a": 1}, "base_url": "http://127.0.0.2:1/", "api_key": "sk-evil-key-123456",
+                    "model_url": "http://127.0.0.2:1/"},
+        extra_headers={"x-upstream-url": "http://127.0.0.2:1/", "api-key": "sk-evil-key-123456"},
+    )
+    sent = upstream.requests[-1]
+    assert sent.json["custom_knob"] == {"a": 1}
+    assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert "api-key" not in sent.headers and "x-upstream-url" not in sent.headers
+
+
+def test_embeddings_and_models(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="text-embedding-3-small", input=["a", "b c"])
+    assert [d.index for d in result.data] == [0, 1] and len(result.data[0].embedding) > 0
+    ids = {m.id for m in client.models.list()}
+    assert {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"} <= ids
+    assert client.models.retrieve("gpt-4o").id == "gpt-4o"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+# -- errors --------------------------------------------------------------------------------------------
+
+
+def test_auth_errors(gateway: ServerThread, client: openai.OpenAI) -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="sk-wrong-key-000000", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as err:
+            bad.chat.completions.create(model="gpt-4o-mini", messages=msgs)  # type: ignore[arg-type]
+        assert err.value.status_code == 401 and MASTER not in str(err.value.body)
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{gateway.base_url}/v1/models").status_code == 401
+    records = _records(gateway, 2)  # listing models is not usage: only the two chat calls are recorded
+    assert [(r.status, r.principal_kind) for r in records] == [(401, "unknown"), (401, "unknown")]
+
+
+@pytest.mark.parametrize(
+    ("fault", "exception", "status"),
+    [
+        (Fault(status=429, retry_after=7), openai.RateLimitError, 429),
+        (Fault(status=500), openai.InternalServerError, 502),
+        (Fault(status=503), openai.InternalServerError, 502),
+        (Fault(status=400), openai.BadRequestError, 400),
+        (Fault(status=401), openai.InternalServerError, 502),
+        (Fault(reset=True), openai.InternalServerError, 502),
+        (Fault(body=b"{not json"), openai.InternalServerError, 502),
+        (Fault(hang=True), openai.InternalServerError, 504),
+    ],
+    ids=["429", "500", "503", "400", "upstream-401", "reset", "invalid-json", "hang"],
+)
+def test_upstream_failures_map_to_sdk_errors(
+    client: openai.OpenAI, upstream: FakeOpenAIUpstream, gateway: ServerThread, fault: Fault,
+    exception: type[Exception], status: int,
+) -> None:
+    upstream.enqueue(fault)
+    with pytest.raises(exception) as err:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert err.value.status_code == status  # type: ignore[attr-defined]
+    body = err.value.body  # type: ignore[attr-defined]
+    assert set(body) >= {"message", "type", "code"}
+    assert UPSTREAM_KEY not in json.dumps(body)
+    if status == 429:
+        assert err.value.response.headers["retry-after"] == "7"  # type: ignore[attr-defined]
+    [record] = _records(gateway, 1)
+    assert record.status == status
+
+
+def test_upstream_error_before_stream_start_is_an_http_error(client: openai.OpenAI,
+                                                             upstream: FakeOpenAIUpstream) -> None:
+    upstream.enqueue(Fault(status=503))
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+
+
+def test_mid_stream_drop_raises_api_error(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
+                                          gateway: ServerThread) -> None:
+    upstream.enqueue(Fault(drop_after=3))
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four five six"}], stream=True
+    )
+    received = []
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            received.append(chunk)
+    assert received  # some chunks made it before the error, then the error was not swallowed
+    [record] = _records(gateway, 1)
+    assert record.status >= 500 and record.stream
+
+
+def test_first_token_timeout_on_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream) -> None:
+    upstream.enqueue(Fault(first_token_delay=4.0))
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        ))
+
+
+def test_client_disconnect_mid_stream_closes_upstream(gateway: ServerThread, upstream: FakeOpenAIUpstream,
+                                                      client: openai.OpenAI) -> None:
+    upstream.enqueue(Fault(chunk_delay=0.2))
+    body = {"model": "gpt-4o-mini", "stream": True,
+            "messages": [{"role": "user", "content": " ".join(["word"] * 40)}]}
+    with httpx.Client(timeout=10) as http:
+        with http.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body,
+                         headers={"authorization": f"Bearer {MASTER}"}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            upstream.wait_until(lambda: upstream.open_streams == 1)
+        # leaving the block closes the connection mid-stream
+    upstream.wait_until(lambda: upstream.aborted_streams == 1 and upstream.open_streams == 0, timeout=5)
+    [record] = _records(gateway, 1)
+    assert record.status == 499 and record.error_code == "client_closed"
+
+
+def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: openai.OpenAI) -> None:
+    url = f"{gateway.base_url}/v1/chat/completions"
+    auth = {"authorization": f"Bearer {MASTER}", "content-type": "application/json"}
+    ok_messages = [{"role": "user", "content": "hi"}]
+    cases: list[tuple[bytes, int, str | None]] = [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b"", 400, None),
+        (json.dumps({"model": "gpt-4o-mini"}).encode(), 400, "messages"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": "hi"}).encode(), 400, "messages"),
+        (json.dumps({"model": 5, "messages": ok_messages}).encode(), 400, "model"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": ok_messages, "n": "2"}).encode(), 400, "n"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": ok_messages, "n": 1000}).encode(), 400, "n"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": ok_messages, "max_tokens": 10**9}).encode(), 400,
+         "max_tokens"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"model": "no-such-model", "messages": ok_messages}).encode(), 404, "model"),
+        (json.dumps({"model": "gpt-4o-mini", "messages": [{"content": "no role"}]}).encode(), 400, None),
+        (b'{"model": "gpt-4o-mini", "messages": [' + b'{"role":"user","content":"x"},' * 6000 + b"{}]}", 413, None),
+    ]
+    with httpx.Client(timeout=10) as http:
+        for body, status, param in cases:
+            response = http.post(url, content=body, headers=auth)
+            assert response.status_code == status, (body[:60], response.text)
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            if param is not None:
+                assert error["param"] == param, (body[:60], error)
+            assert http.get(f"{gateway.base_url}/health/live").status_code == 200
+        big = http.post(url, content=b"x" * 70000, headers={**auth})
+        assert big.status_code == 413
+        assert http.post(f"{gateway.base_url}/v1/nowhere", json={}).status_code == 404
+    completion = client.chat.completions.create(model="gpt-4o-mini", messages=ok_messages)  # type: ignore[arg-type]
+    assert completion.choices[0].message.content == "Echo: hi"
+
+
+def test_readiness_reports_plugins(gateway: ServerThread) -> None:
+    report = httpx.get(f"{gateway.base_url}/health/ready").json()
+    assert report["ready"] is True
+    assert {p["id"]: p["state"] for p in report["plugins"]}["provider-openai"] == "active"
+
+
+def test_hot_unload_mid_stream_lets_the_stream_finish(gateway: ServerThread, upstream: FakeOpenAIUpstream,
+                                                      client: openai.OpenAI) -> None:
+    """Last in the module: it unloads the provider (and reloads it for hygiene)."""
+    words = " ".join(f"w{i}" for i in range(15))
+    upstream.enqueue(Fault(chunk_delay=0.05))
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": words}], stream=True
+    )
+    iterator = iter(stream)
+    text = ""
+    while not text:
+        chunk = next(iterator)
+        text += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+    unloading = gateway.submit(gateway.kernel.unload, "provider-openai")
+    for chunk in iterator:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert text == f"Echo: {words}"
+    info = unloading.result(timeout=10)
+    assert info.state == "stopped"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    gateway.call(gateway.kernel.load, "provider-openai")
+    assert client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "back"}]
+    ).choices[0].message.content == "Echo: back"
