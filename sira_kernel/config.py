@@ -188,15 +188,17 @@ def _dec_hook(type_: type, obj: Any) -> Any:
     raise NotImplementedError
 
 
-def _explain(err: msgspec.ValidationError, where: str) -> ConfigError:
+def _explain(err: msgspec.ValidationError, where: str, prefix: str = "") -> ConfigError:
+    """``where`` names the file (or section), ``prefix`` the key path the decoded value sits at."""
     text = str(err)
     message, _, at = text.partition(" - at `$")
-    path = at.rstrip("`").lstrip(".")
+    path = ".".join(p for p in (prefix, at.rstrip("`").lstrip(".")) if p)
     unknown = re.match(r"Object contains unknown field `([^`]+)`", message)
     if unknown:
         key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-        return ConfigError(f"{where}: {key}: unknown key")
-    return ConfigError(f"{where}: {path or '(top level)'}: {message.rstrip('.').lower()}")
+        return ConfigError(f"{where}: {key}: unknown key" if where else f"{key}: unknown key")
+    detail = f"{path or '(top level)'}: {message.rstrip('.').lower()}"
+    return ConfigError(f"{where}: {detail}" if where else detail)
 
 
 def validate_section(struct: type[T], raw: dict[str, Any], where: str) -> T:
@@ -208,8 +210,7 @@ def validate_section(struct: type[T], raw: dict[str, Any], where: str) -> T:
     try:
         return msgspec.convert(raw, struct, strict=False, dec_hook=_dec_hook)
     except msgspec.ValidationError as err:
-        explained = _explain(err, where)
-        raise explained from None
+        raise _explain(err, "", where) from None
 
 
 def parse_config(raw: dict[str, Any], source: str = "<memory>") -> KernelConfig:

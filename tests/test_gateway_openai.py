@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
 from sira_kernel import UsageRecord
 from sira_kernel.bus import Subscription
 from sira_kernel.testing import ServerThread, make_kernel
-from sira_kernel.testing.fake_openai import Fault, FakeOpenAIUpstream
+from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
 
 MASTER = "sk-test-master-0123456789"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
