@@ -197,6 +197,9 @@ def _explain(err: msgspec.ValidationError, where: str, prefix: str = "") -> Conf
     if unknown:
         key = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
         return ConfigError(f"{where}: {key}: unknown key" if where else f"{key}: unknown key")
+    if message.startswith("Invalid enum value"):
+        # msgspec quotes the rejected value here, and a value may be a secret.
+        message = "not one of the allowed values"
     detail = f"{path or '(top level)'}: {message.rstrip('.').lower()}"
     return ConfigError(f"{where}: {detail}" if where else detail)
 
