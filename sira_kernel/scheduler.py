@@ -328,24 +328,28 @@ class Scheduler:
             held: list[tuple[str, float, float, float, bool]] = []
             wait = 0.0
             failed: LimitSpec | None = None
-            for spec in limits:
-                is_tokens = spec.unit == "tokens"
-                amount = float(tokens if is_tokens else 1)
-                capacity = spec.per_minute
-                per_second = capacity / 60.0
-                key = "|".join(spec.key) + (":t" if is_tokens else ":r")
-                if amount > capacity:
-                    await self._give_back(held)
-                    raise RateLimited(
-                        f"request needs {amount:g} {spec.unit} but the limit on {'/'.join(spec.key)} "
-                        f"is {capacity:g} per minute",
-                        retry_after=60.0,
-                    )
-                wait = await self.backend.take(key, amount, capacity, per_second)
-                if wait > 0:
-                    failed = spec
-                    break
-                held.append((key, amount, capacity, per_second, is_tokens))
+            try:
+                for spec in limits:
+                    is_tokens = spec.unit == "tokens"
+                    amount = float(tokens if is_tokens else 1)
+                    capacity = spec.per_minute
+                    per_second = capacity / 60.0
+                    key = "|".join(spec.key) + (":t" if is_tokens else ":r")
+                    if amount > capacity:
+                        raise RateLimited(
+                            f"request needs {amount:g} {spec.unit} but the limit on {'/'.join(spec.key)} "
+                            f"is {capacity:g} per minute",
+                            retry_after=60.0,
+                        )
+                    wait = await self.backend.take(key, amount, capacity, per_second)
+                    if wait > 0:
+                        failed = spec
+                        break
+                    held.append((key, amount, capacity, per_second, is_tokens))
+            except BaseException:
+                # Cancelled (or the backend failed) with some buckets already taken: give them back.
+                await self._give_back(held)
+                raise
             if failed is None:
                 return held
             await self._give_back(held)
