@@ -188,24 +188,37 @@ class ConcurrencyPool:
 
     def release(self) -> None:
         """Free a slot, handing it to the next waiter (highest priority, next tenant in turn)."""
-        if self._n_waiting:
-            for priority in sorted(self._waiting):
-                tenants = self._waiting[priority]
-                tenant, line = next(iter(tenants.items()))
-                waiter = line.popleft()
-                self._n_waiting -= 1
-                if line:
-                    tenants.move_to_end(tenant)  # round-robin: this tenant goes to the back
-                else:
-                    del tenants[tenant]
-                if not tenants:
-                    del self._waiting[priority]
-                waiter.granted = True
-                waiter.event.set()
-                return
         if self.in_use <= 0:
             raise RuntimeError(f"pool {self.name!r} released more than acquired")
-        self.in_use -= 1
+        if self._n_waiting and self.in_use <= self.limit:
+            self._hand_over()  # the slot passes straight on: in_use is unchanged
+        else:
+            self.in_use -= 1
+
+    def resize(self, limit: int) -> None:
+        """Change the limit. Growing admits waiters at once; shrinking takes effect as holders leave."""
+        if limit < 1:
+            raise ValueError("a pool limit must be at least 1")
+        self.limit = limit
+        while self._n_waiting and self.in_use < limit:
+            self.in_use += 1
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Grant a slot the caller has counted in ``in_use`` to the next waiter in line."""
+        priority = min(self._waiting)
+        tenants = self._waiting[priority]
+        tenant, line = next(iter(tenants.items()))
+        waiter = line.popleft()
+        self._n_waiting -= 1
+        if line:
+            tenants.move_to_end(tenant)  # round-robin: this tenant goes to the back
+        else:
+            del tenants[tenant]
+        if not tenants:
+            del self._waiting[priority]
+        waiter.granted = True
+        waiter.event.set()
 
 
 class Reservation:
@@ -285,7 +298,8 @@ class Scheduler:
         if existing is None:
             existing = self.pools[name] = ConcurrencyPool(name, limit, queue_timeout)
         else:
-            existing.limit, existing.queue_timeout = limit, queue_timeout
+            existing.resize(limit)
+            existing.queue_timeout = queue_timeout
         return existing
 
     async def reserve(
