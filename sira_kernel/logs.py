@@ -42,8 +42,10 @@ def _redact_value(value: Any) -> Any:
         return redact(value)
     if isinstance(value, dict):
         return {k: _redact_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_redact_value(v) for v in value)
+    if isinstance(value, list):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, tuple):  # a plain tuple: subclasses (namedtuples) take other constructor args
+        return tuple(_redact_value(v) for v in value)
     if isinstance(value, BaseException):
         return redact(repr(value))
     return value
