@@ -363,7 +363,7 @@ TOPICS = ["a.x", "a.y", "b.x", "b.y.z"]
 PATTERNS = ["#", "a.*", "*.x", "b.#", "a.x", "c"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     ops=st.lists(
         st.one_of(
