@@ -23,6 +23,7 @@ from .errors import (
     ModelNotFound,
     PluginUnavailable,
     ProviderError,
+    ProviderTimeout,
     ProviderUnavailable,
     RequestError,
     SiraError,
@@ -69,6 +70,18 @@ def _estimate_prompt_tokens(request: ChatRequest) -> int:
     return chars // 4 + 4 * len(request.messages)
 
 
+def _interrupted(deployment: Deployment, lease: Lease, total_timeout: float) -> ProviderError:
+    """Why a provider call's cancel scope fired: its plugin was unloaded, or the total deadline passed."""
+    if lease.revoked:
+        return ProviderUnavailable(
+            f"provider {deployment.provider!r} was unloaded before it finished answering",
+            status=503, code="provider_unloaded", provider=deployment.provider,
+        )
+    return ProviderTimeout(
+        f"provider {deployment.provider!r} did not finish within {total_timeout:g}s", provider=deployment.provider
+    )
+
+
 class ChatStream:
     """A started chat stream: iterate it for events; always ``aclose()`` it (surfaces do).
 
@@ -86,8 +99,10 @@ class ChatStream:
         lease: Lease,
         reservation: Reservation,
         deployment: Deployment,
+        deadline: float,
     ) -> None:
         self._pipeline = pipeline
+        self._deadline = deadline
         self._events = events
         self._first: StreamEvent | None = first
         self._record = record
@@ -110,7 +125,7 @@ class ChatStream:
         events = self._events
         record = self._record
         while True:
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope(deadline=self._deadline) as scope:
                 lease.attach(scope)
                 try:
                     event = await events.__anext__()
@@ -126,10 +141,8 @@ class ChatStream:
                     event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
             lease.attach(None)
             if scope.cancelled_caught:
-                event = StreamError(
-                    message=f"provider {self.deployment.provider!r} was unloaded before the stream finished",
-                    status=503, code="provider_unloaded",
-                )
+                exc = _interrupted(self.deployment, lease, self._pipeline.kernel.config.limits.total_timeout)
+                event = StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
             if record.ttft_ms is None and not isinstance(event, StreamStart):
                 record.ttft_ms = (time.perf_counter() - self._started) * 1000
             if isinstance(event, Usage):
@@ -307,15 +320,13 @@ class Pipeline:
             _, deployment, provider, lease, reservation = await self._admit(
                 snap, info, "chat", request.model, request, record
             )
+            total = self.kernel.config.limits.total_timeout
             with lease:
-                with anyio.CancelScope() as scope:
+                with anyio.CancelScope(deadline=anyio.current_time() + total) as scope:
                     lease.attach(scope)
                     response = await provider.chat(request, self._call_context(deployment, info))
                 if scope.cancelled_caught:
-                    raise ProviderUnavailable(
-                        f"provider {deployment.provider!r} was unloaded before it answered",
-                        status=503, code="provider_unloaded",
-                    )
+                    raise _interrupted(deployment, lease, total)
             usage = response.usage
             if usage is not None:
                 record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
@@ -349,19 +360,18 @@ class Pipeline:
             _, deployment, provider, lease, reservation = await self._admit(
                 snap, info, "chat", request.model, request, record
             )
+            total = self.kernel.config.limits.total_timeout
+            deadline = anyio.current_time() + total
             events = provider.stream(request, self._call_context(deployment, info))
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope(deadline=deadline) as scope:
                 lease.attach(scope)
                 first = await events.__anext__()
             lease.attach(None)
             if scope.cancelled_caught:
-                raise ProviderUnavailable(
-                    f"provider {deployment.provider!r} was unloaded before it answered",
-                    status=503, code="provider_unloaded",
-                )
+                raise _interrupted(deployment, lease, total)
             if isinstance(first, StreamError):
                 raise ProviderError(first.message, status=first.status, code=first.code)
-            stream = ChatStream(self, events, first, record, started, lease, reservation, deployment)
+            stream = ChatStream(self, events, first, record, started, lease, reservation, deployment, deadline)
             lease = reservation = events = None  # owned by the stream now
             return stream
         except StopAsyncIteration:
@@ -399,8 +409,13 @@ class Pipeline:
             _, deployment, provider, lease, reservation = await self._admit(
                 snap, info, "embeddings", request.model, request, record
             )
+            total = self.kernel.config.limits.total_timeout
             with lease:
-                response = await provider.embed(request, self._call_context(deployment, info))
+                with anyio.CancelScope(deadline=anyio.current_time() + total) as scope:
+                    lease.attach(scope)
+                    response = await provider.embed(request, self._call_context(deployment, info))
+                if scope.cancelled_caught:
+                    raise _interrupted(deployment, lease, total)
             if response.usage is not None:
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.total_tokens = response.usage.total_tokens or response.usage.prompt_tokens

@@ -350,6 +350,20 @@ def test_client_disconnect_mid_stream_closes_upstream(gateway: ServerThread, ups
     assert record.status == 499 and record.error_code == "client_closed"
 
 
+def test_client_disconnect_while_waiting_cancels_the_upstream_call(
+    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: openai.OpenAI
+) -> None:
+    upstream.enqueue(Fault(hang=True))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=0.3,
+                   headers={"authorization": f"Bearer {MASTER}"})
+    [record] = _records(gateway, 1)
+    # 499 (client gone), not the 504 the provider's 1.5 s first-token deadline would have produced
+    assert record.status == 499 and record.error_code == "client_closed"
+    assert record.latency_ms < 1500
+
+
 def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: openai.OpenAI) -> None:
     url = f"{gateway.base_url}/v1/chat/completions"
     auth = {"authorization": f"Bearer {MASTER}", "content-type": "application/json"}

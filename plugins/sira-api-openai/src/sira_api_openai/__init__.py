@@ -127,6 +127,35 @@ async def _send_error(scope: Scope, send: Send, exc: SiraError) -> None:
     await _send_json(scope, send, exc.status, error_body(exc), extra)
 
 
+async def _unless_disconnected(receive: Receive, call: Callable[[], Awaitable[Any]]) -> Any:
+    """Await ``call()``; if the client disconnects first, cancel it (and the upstream call with it)."""
+    gone = False
+    error: Exception | None = None
+    result: Any = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            result = await call()
+        except Exception as exc:  # re-raised below, so it is not wrapped in an ExceptionGroup
+            error = exc
+        tg.cancel_scope.cancel()
+    if gone:
+        raise _ClientGone
+    if error is not None:
+        raise error
+    return result
+
+
 class _Endpoint:
     """Base ASGI endpoint: bound to the plugin, which knows the running kernel."""
 
@@ -158,10 +187,10 @@ class ChatCompletions(_Endpoint):
         request = decode_chat(body)
         info = _request_info(scope)
         if not request.stream:
-            response = await kernel.pipeline.chat(request, info)
+            response = await _unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
             await _send_json(scope, send, 200, _encode(response))
             return
-        stream = await kernel.pipeline.stream(request, info)
+        stream = await _unless_disconnected(receive, lambda: kernel.pipeline.stream(request, info))
         await self._relay(scope, receive, send, stream, request.model, request.include_usage)
 
     async def _relay(
@@ -220,7 +249,8 @@ class Embeddings(_Endpoint):
         kernel = self.kernel
         body = await _read_body(scope, receive, kernel.config.limits.max_body_bytes)
         request = decode_embeddings(body)
-        response = await kernel.pipeline.embed(request, _request_info(scope))
+        info = _request_info(scope)
+        response = await _unless_disconnected(receive, lambda: kernel.pipeline.embed(request, info))
         await _send_json(scope, send, 200, _encode(response))
 
 
