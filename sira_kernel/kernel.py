@@ -204,9 +204,14 @@ class Kernel:
 
     async def replace(self, plugin_id: str, config: KernelConfig | None = None) -> PluginInfo:
         """Start a new generation of a plugin (optionally with a new config), then drain the old."""
+        previous = self.config
         if config is not None:
             self.config = config
-        return await self.plugins.replace(plugin_id)
+        try:
+            return await self.plugins.replace(plugin_id)
+        except BaseException:
+            self.config = previous  # the old generation keeps serving with the config it started with
+            raise
 
     # -- snapshots ----------------------------------------------------------------------------------
 

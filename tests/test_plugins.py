@@ -556,7 +556,6 @@ async def test_failed_replace_keeps_the_old_generation(section: dict[str, Any], 
         assert len(kernel.plugins.pm.get_plugins()) == 2
 
 
-@pytest.mark.xfail(reason="Kernel.replace (kernel.py) keeps the new config after a failed replacement", strict=True)
 async def test_failed_replace_keeps_the_old_config() -> None:
     original = switchable_config()
     async with make_kernel({"switch": Switchable}, original) as kernel:
