@@ -1,0 +1,193 @@
+"""The request pipeline: bounds, deadlines, usage records exactly once, capacity always returned."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from sira_kernel import (
+    AuthorizationDenied,
+    ChatRequest,
+    Kernel,
+    LimitSpec,
+    Message,
+    ModelNotFound,
+    Principal,
+    ProviderTimeout,
+    ProviderUnavailable,
+    RateLimited,
+    RequestError,
+    RequestInfo,
+    StreamError,
+    UsageRecord,
+    hookimpl,
+)
+from sira_kernel.bus import Subscription
+from sira_kernel.testing import FakeProvider, FakeProviderPlugin, make_kernel
+
+pytestmark = pytest.mark.anyio
+
+INFO = RequestInfo(method="POST", path="/v1/chat/completions", headers={}, request_id="req-test")
+
+
+def chat(model: str = "fake-1", **fields: Any) -> ChatRequest:
+    return ChatRequest(model=model, messages=[Message("user", "hello there")], **fields)
+
+
+def provider(kernel: Kernel) -> FakeProvider:
+    found, _ = kernel.snapshot.providers["fake"]
+    assert isinstance(found, FakeProvider)
+    return found
+
+
+class Recorder:
+    def __init__(self, kernel: Kernel) -> None:
+        self.records: list[UsageRecord] = []
+        self.sub = Subscription("recorder", "usage.*", self.records.append)
+        kernel.bus.add(self.sub)
+        kernel.task_group.start_soon(self.sub.run)
+
+    async def settled(self, count: int) -> list[UsageRecord]:
+        with anyio.fail_after(5):
+            while len(self.records) < count:
+                await anyio.sleep(0.001)
+        await anyio.sleep(0.01)
+        return self.records
+
+
+def assert_nothing_held(kernel: Kernel) -> None:
+    assert kernel.scheduler.pools["requests"].in_use == 0
+    assert kernel.scheduler.outstanding == 0
+    assert all(h.leases == 0 for h in kernel.plugins.handles.values())
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [({"n": 0}, "n"), ({"n": 99}, "n"), ({"max_tokens": 0}, "max_tokens"),
+     ({"max_completion_tokens": 10**7}, "max_completion_tokens")],
+)
+async def test_bounds_are_400_with_the_param(fields: dict[str, Any], param: str) -> None:
+    async with make_kernel({"fake": FakeProviderPlugin}) as kernel:
+        recorder = Recorder(kernel)
+        with pytest.raises(RequestError) as err:
+            await kernel.pipeline.chat(chat(**fields), INFO)
+        assert err.value.param == param and err.value.status == 400
+        [record] = await recorder.settled(1)
+        assert record.status == 400
+        assert provider(kernel).calls == 0
+        assert_nothing_held(kernel)
+
+
+async def test_empty_messages_rejected() -> None:
+    async with make_kernel({"fake": FakeProviderPlugin}) as kernel:
+        with pytest.raises(RequestError, match="at least one message"):
+            await kernel.pipeline.chat(ChatRequest(model="fake-1", messages=[]), INFO)
+
+
+async def test_unknown_model_is_404_and_explicit_provider_prefix_works() -> None:
+    async with make_kernel({"fake": FakeProviderPlugin}) as kernel:
+        with pytest.raises(ModelNotFound):
+            await kernel.pipeline.chat(chat("nope"), INFO)
+        response = await kernel.pipeline.chat(chat("fake/fake-1"), INFO)
+        assert response.model == "fake-1"
+
+
+async def test_total_deadline_is_a_backstop_for_a_provider_that_hangs() -> None:
+    config = {"limits": {"total_timeout": 0.2}}
+    async with make_kernel({"fake": FakeProviderPlugin}, config) as kernel:
+        recorder = Recorder(kernel)
+        provider(kernel).hang = True
+        with pytest.raises(ProviderTimeout):
+            await kernel.pipeline.chat(chat(), INFO)
+        [record] = await recorder.settled(1)
+        assert record.status == 504
+        assert_nothing_held(kernel)
+
+
+async def test_stream_total_deadline_ends_the_stream_with_an_error() -> None:
+    config = {"limits": {"total_timeout": 0.3}, "plugins": {"fake": {"reply": "a b c d e f g h", "delay": 0.1}}}
+    async with make_kernel({"fake": FakeProviderPlugin}, config) as kernel:
+        recorder = Recorder(kernel)
+        stream = await kernel.pipeline.stream(chat(stream=True), INFO)
+        events = [event async for event in stream]
+        await stream.aclose()
+        assert isinstance(events[-1], StreamError) and events[-1].status == 504
+        [record] = await recorder.settled(1)
+        assert record.status == 504 and record.stream
+        assert provider(kernel).closed_streams == 1
+        assert_nothing_held(kernel)
+
+
+async def test_one_usage_record_per_request_whatever_happens() -> None:
+    async with make_kernel({"fake": FakeProviderPlugin}) as kernel:
+        recorder = Recorder(kernel)
+        fake = provider(kernel)
+        await kernel.pipeline.chat(chat(), INFO)                          # 200
+        fake.fail = ProviderUnavailable("down", provider="fake")
+        with pytest.raises(ProviderUnavailable):
+            await kernel.pipeline.chat(chat(), INFO)                      # 502 before the stream
+        with pytest.raises(ProviderUnavailable):
+            await kernel.pipeline.stream(chat(stream=True), INFO)         # 502 for a stream
+        fake.fail = None
+        stream = await kernel.pipeline.stream(chat(stream=True), INFO)
+        async for _ in stream:
+            break
+        await stream.aclose(client_gone=True)                             # 499
+        await stream.aclose(client_gone=True)                             # closing twice records nothing more
+        fake.hang = True
+        with anyio.move_on_after(0.05):
+            await kernel.pipeline.chat(chat(), INFO)                      # cancelled by the caller: 499
+        records = await recorder.settled(5)
+        assert [r.status for r in records] == [200, 502, 502, 499, 499]
+        assert records[0].total_tokens == 7 and records[0].provider == "fake"  # 2 prompt + 5 reply words
+        assert_nothing_held(kernel)
+
+
+class Gatekeeper:
+    """Authenticates keys "a" (tenant t1, limited) and "b"; denies model fake-2 to everyone but "b"."""
+
+    sira_api = 1
+
+    @hookimpl
+    async def sira_authenticate(self, request: RequestInfo) -> Principal | None:
+        token = request.bearer_token
+        if token == "a":
+            limits = (LimitSpec(key=("key", "a"), per_minute=2),)
+            return Principal(id="a", kind="key", tenant="t1", limits=limits)
+        if token == "b":
+            return Principal(id="b", kind="key")
+        return None
+
+    @hookimpl
+    def sira_authorize(self, principal: Principal, request: RequestInfo, operation: str, model: str | None) -> Any:
+        return False if model == "fake-2" and principal.id != "b" else None
+
+
+async def test_decision_hooks_and_principal_limits_through_the_pipeline() -> None:
+    config = {"server": {"master_key": "sk-master-0123456789"}, "plugins": {"fake": {"models": ["fake-1", "fake-2"]}}}
+    async with make_kernel({"gate": Gatekeeper, "fake": FakeProviderPlugin}, config) as kernel:
+        recorder = Recorder(kernel)
+
+        def info(token: str) -> RequestInfo:
+            return RequestInfo(method="POST", path="/", headers={"authorization": f"Bearer {token}"})
+
+        assert (await kernel.pipeline.chat(chat(), info("a"))).model == "fake-1"
+        with pytest.raises(AuthorizationDenied):
+            await kernel.pipeline.chat(chat("fake-2"), info("a"))
+        assert (await kernel.pipeline.chat(chat("fake-2"), info("b"))).model == "fake-2"
+        await kernel.pipeline.chat(chat(), info("a"))
+        with pytest.raises(RateLimited) as limited:                        # 2 per minute for key a
+            await kernel.pipeline.chat(chat(), info("a"))
+        assert limited.value.retry_after is not None and limited.value.retry_after > 0
+        master = await kernel.pipeline.chat(chat(), info("sk-master-0123456789"))  # the trylast default
+        assert master.model == "fake-1"
+        records = await recorder.settled(6)
+        assert [(r.principal, r.status) for r in records] == [
+            ("a", 200), ("a", 403), ("b", 200), ("a", 200), ("a", 429), ("master", 200)
+        ]
+        assert records[0].tenant == "t1"
+        models = [m.id for m in await kernel.pipeline.models(info("a"))]
+        assert models == ["fake-1"]
+        assert_nothing_held(kernel)
