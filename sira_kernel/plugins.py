@@ -251,7 +251,6 @@ class PluginRegistry:
         self._local: list[LocalEntryPoint] = []
         self._duplicates: dict[str, str] = {}
         self._builtin: list[tuple[str, object]] = []
-        self._configured = False
 
     # -- discovery ----------------------------------------------------------------------------------
 
@@ -289,14 +288,8 @@ class PluginRegistry:
 
     def add_builtin(self, plugin_id: str, instance: object) -> None:
         """Register a kernel-internal plugin (the trylast defaults). It is always active."""
-        self._configure_once()
         self.pm.register(instance, name=plugin_id)
         self._builtin.append((plugin_id, instance))
-
-    def _configure_once(self) -> None:
-        if not self._configured:
-            self._configured = True
-            self.pm.hook.sira_configure.call_historic(kwargs={"config": self.kernel.config})
 
     # -- activation ---------------------------------------------------------------------------------
 
@@ -387,7 +380,6 @@ class PluginRegistry:
     async def activate(self, plugin_ids: Iterable[str]) -> list[PluginHandle]:
         """Import, order and start the given plugin ids. Returns every handle (failed ones too)."""
         async with self.lock:
-            self._configure_once()
             self.rescan()
             handles = []
             for plugin_id in plugin_ids:
@@ -471,8 +463,6 @@ class PluginRegistry:
             self.pm.register(instance, name=handle.pluggy_name)
         except pluggy.PluginValidationError as exc:
             raise PluginLoadError(handle.id, f"invalid hook implementation: {exc}") from exc
-        except Exception as exc:  # sira_configure (historic) runs inside register
-            raise PluginLoadError(handle.id, f"sira_configure failed: {_describe(exc)}") from exc
         seen: dict[str, int] = {}
         for caller in self.pm.get_hookcallers(instance) or []:
             impls = [i for i in caller.get_hookimpls() if i.plugin is instance]
@@ -484,6 +474,15 @@ class PluginRegistry:
         twice = [name for name, count in seen.items() if count > 1]
         if twice:
             raise PluginLoadError(handle.id, f"implements {', '.join(twice)} more than once")
+        # sira_configure is called here rather than through pluggy's call_historic: a historic
+        # call would replay the config of the first call to every later plugin, so a generation
+        # started by ``Kernel.replace(id, new_config)`` would be configured with the old config.
+        kwargs = {"config": self.kernel.config}
+        for impl in self._impls_of("sira_configure", instance):
+            try:
+                impl.function(**{name: kwargs[name] for name in impl.argnames})
+            except Exception as exc:
+                raise PluginLoadError(handle.id, f"sira_configure failed: {_describe(exc)}") from exc
 
     def _impls_of(self, hook_name: str, instance: object) -> list[pluggy.HookImpl]:
         caller = getattr(self.pm.hook, hook_name)
@@ -672,7 +671,6 @@ class PluginRegistry:
         async with self.lock:
             if plugin_id in self.handles:
                 raise PluginError(plugin_id, "is already active", status=409)
-            self._configure_once()
             self.rescan()
             handle = self._prepare(plugin_id, self.kernel.config.entry_point_for(plugin_id))
             ok = await self._start_and_commit(handle)
