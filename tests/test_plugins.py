@@ -765,3 +765,29 @@ async def test_plugin_tasks_are_cancelled_before_its_lifespan_exits() -> None:
         assert log == ["task running"]
         await kernel.unload("ticker")
         assert log == ["task running", "task cancelled", "lifespan exit"]
+
+
+# -- sira_configure ----------------------------------------------------------------------------------
+
+
+async def test_configure_sees_the_current_config_and_a_raise_fails_the_plugin() -> None:
+    ports: list[int] = []
+
+    class Configured(Switchable):
+        @hookimpl
+        def sira_configure(self, config: Any) -> None:
+            ports.append(config.server.port)
+
+    class ConfigureRaises:
+        @hookimpl
+        def sira_configure(self, config: Any) -> None:
+            raise LookupError("no such region")
+
+    first = make_config({"server": {"port": 1111}}, plugins=["switch", "picky"])
+    async with make_kernel({"switch": Configured, "picky": ConfigureRaises}, first) as kernel:
+        picky = info_of(kernel, "picky")
+        assert picky.state == "failed"
+        assert picky.reason == "sira_configure failed: LookupError: no such region"
+        await kernel.replace("switch", make_config({"server": {"port": 2222}}, plugins=["switch"]))
+        # Each generation is configured once, with the config current when it starts.
+        assert ports == [1111, 2222]
