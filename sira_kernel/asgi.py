@@ -102,7 +102,7 @@ def build_apps(
     """One ASGI app per listener ("public", "admin") for a snapshot."""
     apps: dict[str, ASGIApp] = {}
     for listener in ("public", "admin"):
-        built: list[Route | WebSocketRoute] = _health_routes(kernel) if listener == "public" else []
+        built: list[Route | WebSocketRoute] = [*_health_routes(kernel)] if listener == "public" else []
         for spec in routes:
             if spec.listener != listener:
                 continue

@@ -141,8 +141,8 @@ class ChatStream:
                     event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
             lease.attach(None)
             if scope.cancelled_caught:
-                exc = _interrupted(self.deployment, lease, self._pipeline.kernel.config.limits.total_timeout)
-                event = StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
+                why = _interrupted(self.deployment, lease, self._pipeline.kernel.config.limits.total_timeout)
+                event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
             if record.ttft_ms is None and not isinstance(event, StreamStart):
                 record.ttft_ms = (time.perf_counter() - self._started) * 1000
             if isinstance(event, Usage):

@@ -27,7 +27,8 @@ import enum
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import msgspec
@@ -471,6 +472,12 @@ class PluginRegistry:
                 raise PluginLoadError(
                     handle.id, f"implements {caller.name}, which is not a hook of this kernel (typo?)"
                 )
+            # The kernel calls every sira_ hook itself (never through pluggy's call loop), so a
+            # wrapper would be silently skipped or called as a plain function: refuse it.
+            if any(i.hookwrapper or i.wrapper for i in impls):
+                raise PluginLoadError(
+                    handle.id, f"implements {caller.name} as a hook wrapper, which Sira does not support"
+                )
         twice = [name for name, count in seen.items() if count > 1]
         if twice:
             raise PluginLoadError(handle.id, f"implements {', '.join(twice)} more than once")
@@ -505,14 +512,14 @@ class PluginRegistry:
         """Run one plugin's lifespan in a task of its own, so it enters and exits in the same task."""
         assert handle._stop is not None and handle._stopped is not None
         stop_timeout = self.kernel.config.kernel.stop_timeout
-        manager = None
+        manager: AbstractAsyncContextManager[None] | None = None
         start_failure: Exception | None = None
         try:
             async with anyio.create_task_group() as tasks:
                 self._bind_task_starter(handle, tasks)
                 if impls:
                     try:
-                        manager = impls[0].function(handle.context)
+                        manager = cast("AbstractAsyncContextManager[None] | None", impls[0].function(handle.context))
                         if manager is not None:
                             await manager.__aenter__()
                     except Exception as exc:
