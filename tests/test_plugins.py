@@ -791,3 +791,29 @@ async def test_configure_sees_the_current_config_and_a_raise_fails_the_plugin() 
         await kernel.replace("switch", make_config({"server": {"port": 2222}}, plugins=["switch"]))
         # Each generation is configured once, with the config current when it starts.
         assert ports == [1111, 2222]
+
+
+
+class WrapsAuthenticate:
+    @hookimpl(wrapper=True)
+    def sira_authenticate(self, request: Any) -> Any:
+        return (yield)
+
+
+class WrapsRegistration:
+    @hookimpl(hookwrapper=True)
+    def sira_register_providers(self, register: Any) -> Any:
+        yield
+
+
+@pytest.mark.parametrize(
+    ("plugin", "hook"),
+    [(WrapsAuthenticate, "sira_authenticate"), (WrapsRegistration, "sira_register_providers")],
+)
+async def test_hook_wrappers_are_refused(plugin: type, hook: str) -> None:
+    async with make_kernel({"wrapping": plugin, "fake": FakeProviderPlugin}) as kernel:
+        info = info_of(kernel, "wrapping")
+        assert info.state == "failed"
+        assert info.reason == f"implements {hook} as a hook wrapper, which Sira does not support"
+        assert [pid for _, pid in kernel.snapshot.authenticate] == ["kernel"]
+        assert await answer(kernel) == "Hello from the fake provider"
