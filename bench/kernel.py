@@ -23,7 +23,6 @@ import asyncio
 import gc
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
