@@ -98,7 +98,7 @@ class Fault:
     """
 
     status: int | None = None
-    """Answer this HTTP status with an OpenAI-shaped error body (or ``body`` when given)."""
+    """Answer this HTTP status (400 or more) with an OpenAI-shaped error body; with ``body``, any status."""
     retry_after: float | None = None
     """Send a ``Retry-After`` header with this many seconds."""
     hang: bool = False
@@ -108,7 +108,8 @@ class Fault:
     first_token_delay: float = 0.0
     """Send the headers, then wait this long before the first chunk (non-stream: before the body)."""
     drop_after: int | None = None
-    """Stream: after this many ``data:`` chunks, abort the TCP connection (no ``[DONE]``)."""
+    """Stream: after this many ``data:`` chunks, abort the TCP connection (no ``[DONE]``).
+    Non-stream: send the headers and the first ``drop_after`` bytes of the body, then abort."""
     reset: bool = False
     """Abort the connection (TCP RST) as soon as the request arrives; no response at all."""
     body: bytes | None = None
@@ -381,8 +382,8 @@ class FakeOpenAIUpstream:
         completion = _Completion.build(body, model, f"chatcmpl-fake-{self._ids}", self.reasoning)
         if is_stream:
             return await self._stream(request, completion, fault, headers)
-        if fault.first_token_delay:
-            return await self._slow_body(request, completion.response(), fault.first_token_delay, headers)
+        if fault.first_token_delay or fault.drop_after is not None:
+            return await self._partial_body(request, completion.response(), fault, headers)
         return web.Response(
             body=msgspec.json.encode(completion.response()), content_type="application/json", headers=headers
         )
@@ -422,14 +423,21 @@ class FakeOpenAIUpstream:
             ],
         }
 
-    async def _slow_body(
-        self, request: web.Request, payload: dict[str, Any], wait: float, headers: dict[str, str]
+    async def _partial_body(
+        self, request: web.Request, payload: dict[str, Any], fault: Fault, headers: dict[str, str]
     ) -> web.StreamResponse:
+        """Headers first; the body after ``first_token_delay``, or cut after ``drop_after`` bytes."""
         data = msgspec.json.encode(payload)
         response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
         response.content_length = len(data)
         await response.prepare(request)
-        await asyncio.sleep(wait)
+        if fault.first_token_delay:
+            await asyncio.sleep(fault.first_token_delay)
+        if fault.drop_after is not None:
+            await response.write(data[: fault.drop_after])
+            await asyncio.sleep(0.01)  # let the partial body leave before the connection is cut
+            _abort(request, rst=False)
+            return response
         await response.write(data)
         return response
 

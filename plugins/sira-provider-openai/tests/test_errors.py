@@ -295,6 +295,13 @@ async def test_mid_stream_drop_is_a_stream_error(provider: OpenAIProvider, fake:
     assert fake.dropped_streams == 1
 
 
+async def test_truncated_body_is_unavailable(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
+    fake.enqueue(Fault(drop_after=40))
+    with pytest.raises(ProviderUnavailable) as caught:
+        await provider.chat(ask(), ctx())
+    assert type(caught.value) is ProviderUnavailable
+
+
 async def test_drop_before_the_first_chunk_raises(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
     fake.enqueue(Fault(drop_after=0))
     with pytest.raises(ProviderUnavailable):
