@@ -39,6 +39,7 @@ __all__ = ["BusBridge", "MessageBus", "Subscription", "SubscriptionStats", "topi
 
 _log = get_logger("sira.bus")
 _CHECKPOINT_EVERY = 128
+_MAX_CACHED_TOPICS = 4096
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
@@ -104,6 +105,7 @@ class Subscription:
         self._wakeup: anyio.Event | None = None
         self._space: anyio.Event | None = None
         self.closed = False
+        self.finished = anyio.Event()
         self.delivered = 0
         self.dropped = 0
         self.lagged = 0
@@ -178,6 +180,18 @@ class Subscription:
 
     async def run(self) -> None:
         """Deliver queued events to the handler, in order, until closed and drained (or cancelled)."""
+        try:
+            await self._deliver()
+        finally:
+            self.finished.set()
+
+    async def wait_drained(self, timeout: float) -> bool:
+        """After :meth:`close`, wait up to ``timeout`` for the queued events to be delivered."""
+        with anyio.move_on_after(timeout):
+            await self.finished.wait()
+        return self.finished.is_set()
+
+    async def _deliver(self) -> None:
         queue = self._queue
         handler = self.handler
         is_async = self._is_async
@@ -270,6 +284,8 @@ class MessageBus:
         found = self._routes.get(topic)
         if found is None:
             found = tuple(s for s in self._subscriptions if topic_matches(s.pattern, topic))
+            if len(self._routes) >= _MAX_CACHED_TOPICS:
+                self._routes = {}  # topics with ids in them must not grow the cache without bound
             self._routes[topic] = found
         return found
 

@@ -630,9 +630,12 @@ class PluginRegistry:
 
     async def _drain_and_stop(self, handle: PluginHandle, drain_timeout: float | None) -> None:
         self.kernel._publish_lifecycle(handle, "draining")
+        timeout = self.kernel.config.kernel.drain_timeout if drain_timeout is None else drain_timeout
         for sub in handle._subscriptions:
             self.kernel.bus.remove(sub)
-        timeout = self.kernel.config.kernel.drain_timeout if drain_timeout is None else drain_timeout
+        for sub in handle._subscriptions:  # what was queued before removal is still delivered
+            if not await sub.wait_drained(timeout):
+                _log.warning("plugin.subscription_not_drained", plugin=handle.id, queued=sub.queued)
         if handle.leases:
             handle._drained = anyio.Event()
             with anyio.move_on_after(timeout):

@@ -544,3 +544,28 @@ async def test_kernel_publishes_usage_and_plugin_lifecycle() -> None:
                 "fake", "stopped", active[0].generation,
             )
     assert len(usage) == 1
+
+
+@pytest.mark.anyio
+async def test_unload_delivers_events_queued_before_the_plugin_left() -> None:
+    """Events queued for a plugin's subscription when it unloads still reach its handler."""
+    from sira_kernel import PluginEvent, hookimpl
+    from sira_kernel.testing import make_kernel
+
+    received: list[str] = []
+
+    class Listener:
+        sira_api = 1
+
+        @hookimpl
+        def sira_register_subscriptions(self, register: object) -> None:
+            async def handler(event: PluginEvent) -> None:
+                received.append(event.plugin_id)
+
+            register("audit.test", handler)  # type: ignore[operator]
+
+    async with make_kernel({"listener": Listener}) as kernel:
+        for i in range(5):
+            kernel.bus.publish_nowait(PluginEvent(plugin_id=f"e{i}", state="x", generation=0), topic="audit.test")
+        await kernel.unload("listener")
+    assert received == [f"e{i}" for i in range(5)]
