@@ -18,9 +18,11 @@ __all__ = ["StreamParser"]
 class StreamParser:
     """Feed raw bytes; get events. ``StreamStart`` comes before the first chunk's events.
 
-    After :meth:`feed`, ``done`` says the upstream sent ``data: [DONE]`` and ``failure`` holds the
-    error when the upstream reported one in-stream (an ``error`` object or ``event: error``) or sent
-    a chunk that is not valid JSON. Nothing after either is parsed.
+    After :meth:`feed`, ``started`` says ``StreamStart`` was emitted, ``done`` that the upstream sent
+    ``data: [DONE]``, ``finished`` that a choice finished (a stream that then ends without ``[DONE]``
+    still counts as complete), and ``failure`` holds the error when the upstream reported one
+    in-stream (an ``error`` object or ``event: error``) or sent a chunk that is not valid JSON.
+    Nothing after ``done`` or a failure is parsed.
     """
 
     __slots__ = (
@@ -46,7 +48,6 @@ class StreamParser:
         self.started = False
         self.done = False
         self.finished = False
-        """A ``Finish`` was seen: a stream that then ends without ``[DONE]`` still counts as complete."""
         self.failure: ProviderError | None = None
 
     def feed(self, raw: bytes) -> list[StreamEvent]:
