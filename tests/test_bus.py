@@ -560,6 +560,7 @@ async def test_unload_delivers_events_queued_before_the_plugin_left() -> None:
         @hookimpl
         def sira_register_subscriptions(self, register: object) -> None:
             async def handler(event: PluginEvent) -> None:
+                await anyio.sleep(0.01)  # a slow consumer: the queue is not empty when unload starts
                 received.append(event.plugin_id)
 
             register("audit.test", handler)  # type: ignore[operator]
