@@ -1,0 +1,87 @@
+"""The thinnest gateway: one starlette route that relays to the upstream.
+
+It is the yardstick for Sira's own overhead. It uses the same upstream client as Sira (httpx over
+the aiohttp transport, one pool created in the lifespan) and the same server settings (uvicorn,
+uvloop, httptools, one worker, no access log), and does nothing else: no auth, no routing, no
+accounting. Usage::
+
+    python bench/passthrough.py --port 8102 --upstream http://127.0.0.1:8101/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import httpx_aiohttp
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from canned import UPSTREAM_KEY
+
+
+def build_app(upstream: str) -> Starlette:
+    """The passthrough app relaying ``POST /v1/chat/completions`` to ``{upstream}/chat/completions``."""
+    url = upstream.rstrip("/") + "/chat/completions"
+    headers = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        transport = httpx_aiohttp.AiohttpTransport(limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=60.0) as client:
+            yield {"client": client}
+
+    async def chat_completions(request: Request) -> Response:
+        client: httpx.AsyncClient = request.state.client
+        body = await request.body()
+        try:
+            stream = bool(json.loads(body).get("stream"))
+        except (ValueError, AttributeError):
+            stream = False
+        if not stream:
+            upstream_response = await client.post(url, content=body, headers=headers)
+            return Response(
+                upstream_response.content,
+                upstream_response.status_code,
+                media_type=upstream_response.headers.get("content-type"),
+            )
+        upstream_request = client.build_request("POST", url, content=body, headers=headers)
+        upstream_response = await client.send(upstream_request, stream=True)
+        return StreamingResponse(
+            upstream_response.aiter_raw(),
+            upstream_response.status_code,
+            media_type=upstream_response.headers.get("content-type"),
+            background=BackgroundTask(upstream_response.aclose),
+        )
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])], lifespan=lifespan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:8101/v1")
+    args = parser.parse_args()
+    uvicorn.run(
+        build_app(args.upstream),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        workers=1,
+    )
+
+
+if __name__ == "__main__":
+    main()
