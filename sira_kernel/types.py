@@ -56,6 +56,8 @@ class Message(msgspec.Struct, omit_defaults=True):
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
+    reasoning_signature: str | None = None
+    """Opaque signature of the reasoning (Anthropic thinking blocks must be sent back with it)."""
 
 
 class ChatRequest(msgspec.Struct, omit_defaults=True):
@@ -95,7 +97,11 @@ class ChatRequest(msgspec.Struct, omit_defaults=True):
 
 
 class Usage(msgspec.Struct):
-    """Token counts. As a stream event it reports the totals for the whole response."""
+    """Token counts. As a stream event it reports the totals for the whole response.
+
+    Cached prompt tokens go in ``prompt_tokens_details`` as OpenAI reports them
+    (``{"cached_tokens": n}``), with ``"cache_creation_tokens"`` for tokens written to a cache.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -142,10 +148,12 @@ class TextDelta(msgspec.Struct, omit_defaults=True):
 
 
 class ReasoningDelta(msgspec.Struct, omit_defaults=True):
-    """A piece of reasoning ("thinking") text for choice ``index``."""
+    """A piece of reasoning ("thinking") text for choice ``index``; ``signature`` when the upstream
+    signs its reasoning (it arrives once, usually at the end of the block)."""
 
     text: str
     index: int = 0
+    signature: str | None = None
 
 
 class ToolCallDelta(msgspec.Struct, omit_defaults=True):
