@@ -41,6 +41,21 @@ _log = get_logger("sira.kernel")
 HookList = tuple[tuple[Callable[..., Any], str], ...]
 
 
+def _accepting_only(
+    function: Callable[..., Any], argnames: tuple[str, ...], spec_argnames: tuple[str, ...]
+) -> Callable[..., Any]:
+    """pluggy lets an implementation take a subset of the spec's arguments; the pipeline passes
+    them all by keyword, so such an implementation gets a thin adapter (built once per snapshot)."""
+    if set(argnames) >= set(spec_argnames):
+        return function
+    wanted = tuple(argnames)
+
+    def adapter(**kwargs: Any) -> Any:
+        return function(**{name: kwargs[name] for name in wanted})
+
+    return adapter
+
+
 class Snapshot:
     """Everything the request path needs, frozen at one registry generation."""
 
@@ -223,7 +238,8 @@ class Kernel:
             for impl in reversed(caller.get_hookimpls()):  # pluggy calls the last registered first
                 if impl.hookwrapper or impl.wrapper or id(impl.plugin) not in instances:
                     continue
-                ordered.append((impl.function, impl.plugin_name.partition("#")[0]))
+                function = _accepting_only(impl.function, impl.argnames, caller.spec.argnames if caller.spec else ())
+                ordered.append((function, impl.plugin_name.partition("#")[0]))
             hooks[name] = tuple(ordered)
         return hooks
 

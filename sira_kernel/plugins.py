@@ -576,13 +576,16 @@ class PluginRegistry:
                 raise PluginLoadError(
                     handle.id, f"provider name {provider.name!r} is already registered by {names[provider.name]!r}"
                 )
-        routes = {(r.listener, r.path, m): h.id for h in others for r in h.staged.routes for m in (r.methods or ("*",))}
+        taken: dict[tuple[str, str], list[tuple[tuple[str, ...] | None, str]]] = {}
+        for h in others:
+            for r in h.staged.routes:
+                taken.setdefault((r.listener, r.path), []).append((r.methods, h.id))
         for r in handle.staged.routes:
-            for m in r.methods or ("*",):
-                if (r.listener, r.path, m) in routes:
-                    raise PluginLoadError(
-                        handle.id, f"route {m} {r.path} is already registered by {routes[(r.listener, r.path, m)]!r}"
-                    )
+            for methods, owner in taken.get((r.listener, r.path), []):
+                # no methods means every method, so it overlaps anything on the same path
+                if methods is None or r.methods is None or set(methods) & set(r.methods):
+                    shown = ",".join(r.methods) if r.methods else "*"
+                    raise PluginLoadError(handle.id, f"route {shown} {r.path} is already registered by {owner!r}")
         services = {(interface_name(s.interface), s.name): h.id for h in others for s in h.staged.services}
         for s in handle.staged.services:
             key = (interface_name(s.interface), s.name)

@@ -191,3 +191,21 @@ async def test_decision_hooks_and_principal_limits_through_the_pipeline() -> Non
         models = [m.id for m in await kernel.pipeline.models(info("a"))]
         assert models == ["fake-1"]
         assert_nothing_held(kernel)
+
+
+class Partial:
+    """Implements decision hooks with fewer arguments than the spec, as pluggy allows."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_authorize(self, model: str | None) -> Any:
+        return False if model == "fake-2" else None
+
+
+async def test_decision_hooks_may_take_a_subset_of_the_arguments() -> None:
+    config = {"plugins": {"fake": {"models": ["fake-1", "fake-2"]}}}
+    async with make_kernel({"partial": Partial, "fake": FakeProviderPlugin}, config) as kernel:
+        assert (await kernel.pipeline.chat(chat(), INFO)).model == "fake-1"
+        with pytest.raises(AuthorizationDenied):
+            await kernel.pipeline.chat(chat("fake-2"), INFO)

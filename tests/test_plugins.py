@@ -817,3 +817,30 @@ async def test_hook_wrappers_are_refused(plugin: type, hook: str) -> None:
         assert info.reason == f"implements {hook} as a hook wrapper, which Sira does not support"
         assert [pid for _, pid in kernel.snapshot.authenticate] == ["kernel"]
         assert await answer(kernel) == "Hello from the fake provider"
+
+
+class AnyMethodRoute:
+    sira_api = 1
+
+    @hookimpl
+    def sira_register_routes(self, register: Any) -> None:
+        async def endpoint(request: Any) -> Any:  # pragma: no cover - never called
+            raise AssertionError
+
+        register("/shared", endpoint)  # no methods: every method
+
+
+class GetRoute(AnyMethodRoute):
+    @hookimpl
+    def sira_register_routes(self, register: Any) -> None:
+        async def endpoint(request: Any) -> Any:  # pragma: no cover - never called
+            raise AssertionError
+
+        register("/shared", endpoint, methods=["GET"])
+
+
+async def test_a_route_for_every_method_conflicts_with_one_for_get() -> None:
+    async with make_kernel({"any": AnyMethodRoute, "get": GetRoute}) as kernel:
+        states = {i.id: (i.state, i.reason) for i in kernel.plugins.infos()}
+        assert states["any"][0] == "active"
+        assert states["get"][0] == "failed" and "already registered by 'any'" in (states["get"][1] or "")
