@@ -82,6 +82,7 @@ class Options:
     clients: tuple[int, ...]
     streams: tuple[int, ...]
     duration_s: float
+    repeat: int
     warmup_s: float
     ttft_duration_s: float
     leak_counts: tuple[int, int]
@@ -239,6 +240,7 @@ class Bench:
                         cell,
                         target,
                         lambda c=clients: run_load(self.wrk, target.url or "", c, self.options.duration_s, stream),
+                        repeat=self.options.repeat,
                     )
 
     def ttft(self, upstream: Upstream) -> None:
@@ -320,18 +322,24 @@ class Bench:
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
-    def measure(self, cell: Cell, target: Target, run: Callable[[], LoadResult]) -> None:
+    def measure(self, cell: Cell, target: Target, run: Callable[[], LoadResult], repeat: int = 1) -> None:
+        """Run one cell (``repeat`` times, keeping the run with the median req/s) and record it."""
         try:
-            cell.result = run()
+            runs = sorted((run() for _ in range(max(1, repeat))), key=lambda r: r.rps)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             cell.note = f"failed: {exc}"
+        else:
+            cell.result = runs[len(runs) // 2]
+            if len(runs) > 1:
+                cell.extra["rps_runs"] = [round(r.rps, 1) for r in runs]
         if target.process is not None:
             mem = memory(target.process.pid)
             cell.rss_mb, cell.peak_mb = mem.rss_mb, mem.peak_mb
         if cell.result and cell.result.errors:
             cell.note = f"{cell.result.errors} errors ({cell.result.first_error})"
         self.cells.append(cell)
-        print(f"  {cell.scenario:<9} {cell.target:<12} {cell.clients:>4} clients: {brief(cell)}", flush=True)
+        unit = "streams" if cell.scenario == "ttft" else "clients"
+        print(f"  {cell.scenario:<9} {cell.target:<12} {cell.clients:>4} {unit}: {brief(cell)}", flush=True)
 
     def unavailable(self, scenario: str, target: Target, counts: tuple[int, ...]) -> None:
         reason = (target.unavailable or "").strip().replace("\n", " | ")
@@ -585,6 +593,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     parser.add_argument("--clients", default="1,16", help="concurrent clients per throughput cell")
     parser.add_argument("--streams", default="1,100", help="concurrent streams per TTFT cell")
     parser.add_argument("--duration", type=float, help="seconds per throughput cell (default 5, quick 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per throughput cell; the median is kept")
     parser.add_argument("--warmup", type=float, help="warm-up seconds per target (default 2, quick 1)")
     parser.add_argument("--ttft-duration", type=float, help="seconds per TTFT cell (default 10, quick 3)")
     parser.add_argument("--leak-counts", help="requests at the two memory readings (default 10000,100000)")
@@ -618,6 +627,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
         clients=ints(args.clients),
         streams=ints(args.streams),
         duration_s=args.duration or (2.0 if args.quick else 5.0),
+        repeat=args.repeat,
         warmup_s=args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0),
         ttft_duration_s=args.ttft_duration or (3.0 if args.quick else 10.0),
         leak_counts=(leak[0], leak[1]),
