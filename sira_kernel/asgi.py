@@ -62,6 +62,19 @@ async def _not_found(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
+class _Route(Route):
+    """A Starlette route whose 405 answer has the same JSON error shape as every other error."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.methods and scope["method"] not in self.methods:
+            response = json_error(405, f"method {scope['method']} is not allowed on {scope['path']}",
+                                  "method_not_allowed")
+            response.headers["allow"] = ", ".join(sorted(self.methods))
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _leased(app: ASGIApp, handle: PluginHandle) -> ASGIApp:
     async def leased(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -87,9 +100,9 @@ def _health_routes(kernel: Kernel) -> list[Route]:
         return Response(_encode(report), status_code=200 if report.ready else 503, media_type="application/json")
 
     return [
-        Route("/health/live", live, methods=["GET"]),
-        Route("/health/ready", ready, methods=["GET"]),
-        Route("/health", ready, methods=["GET"]),
+        _Route("/health/live", live, methods=["GET"]),
+        _Route("/health/ready", ready, methods=["GET"]),
+        _Route("/health", ready, methods=["GET"]),
     ]
 
 
@@ -110,8 +123,8 @@ def build_apps(
             if spec.websocket:
                 route = WebSocketRoute(spec.path, spec.endpoint, name=spec.name)
             else:
-                route = Route(spec.path, spec.endpoint, methods=list(spec.methods) if spec.methods else None,
-                              name=spec.name)
+                route = _Route(spec.path, spec.endpoint, methods=list(spec.methods) if spec.methods else None,
+                               name=spec.name)
             handle = handles.get(spec.owner)
             if handle is not None:
                 route.app = _leased(route.app, handle)

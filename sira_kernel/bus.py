@@ -323,8 +323,19 @@ class MessageBus:
             raise SiraError(f"topic {topic!r} already has a responder ({self._responders[topic][0]})")
         self._responders = {**self._responders, topic: (owner, responder)}
 
-    def remove_responders(self, owner: str) -> None:
-        self._responders = {t: r for t, r in self._responders.items() if r[0] != owner}
+    def remove_responders(self, owner: str | None = None, *, topic: str | None = None,
+                          owner_prefix: str | None = None) -> None:
+        """Remove the responders of ``owner`` (or whose owner starts with ``owner_prefix``),
+        optionally only for ``topic``."""
+
+        def matches(t: str, who: str) -> bool:
+            if topic is not None and t != topic:
+                return False
+            if owner is not None:
+                return who == owner
+            return owner_prefix is not None and who.startswith(owner_prefix)
+
+        self._responders = {t: r for t, r in self._responders.items() if not matches(t, r[0])}
 
     async def request(self, topic: str, event: Any, timeout: float | None = None) -> Any:
         """Send ``event`` to the responder of ``topic`` and return its reply within ``timeout``."""

@@ -241,11 +241,22 @@ def _pid_file(config: KernelConfig) -> Path:
     return _data_dir(config) / "sira.pid"
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def _read_pid_file(pid_file: Path) -> tuple[int, str | None, int | None] | None:
+    """(pid, host, port) from a pid file written by ``sira start``; None if absent or unreadable."""
     try:
-        pid = int(pid_file.read_text().split()[0])
+        fields = pid_file.read_text().split()
+        pid = int(fields[0])
+        host, port = (fields[1], int(fields[2])) if len(fields) >= 3 else (None, None)
     except (OSError, ValueError, IndexError):
         return None
+    return pid, host, port
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    entry = _read_pid_file(pid_file)
+    if entry is None:
+        return None
+    pid = entry[0]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -289,7 +300,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    pid_file.write_text(f"{process.pid}\n")
+    pid_file.write_text(f"{process.pid} {config.server.host} {config.server.port}\n")
     url = _local_url(config)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -310,10 +321,14 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
-    pid = _read_pid(_pid_file(config))
+    pid_file = _pid_file(config)
+    pid = _read_pid(pid_file)
     if pid is None:
         print("sira is not running")
         return EXIT_FAILED
+    entry = _read_pid_file(pid_file)
+    if entry is not None and entry[1] is not None and entry[2] is not None:
+        config.server.host, config.server.port = entry[1], entry[2]  # where `sira start` put it
     url = _local_url(config)
     try:
         status, body = _get(f"{url}/health/ready")

@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -37,6 +37,11 @@ T = TypeVar("T")
 
 #: Keys the kernel reads from a ``[plugins.<id>]`` section itself; the rest go to the plugin.
 RESERVED_PLUGIN_KEYS = frozenset({"use", "when_env"})
+
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 class Secret:
@@ -77,32 +82,32 @@ class KernelSection(_Section):
     """Plugin ids to activate, in any order (start order follows service dependencies)."""
     autoload: bool = False
     """Activate every installed plugin, not just the listed ones."""
-    drain_timeout: float = 30.0
-    start_timeout: float = 30.0
-    stop_timeout: float = 10.0
+    drain_timeout: Seconds = 30.0
+    start_timeout: Seconds = 30.0
+    stop_timeout: Seconds = 10.0
     data_dir: str = ".sira"
 
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
+    port: Port = 8080
+    workers: PositiveInt = 1
     master_key: Secret | None = None
     access_log: bool = False
-    graceful_timeout: float = 30.0
+    graceful_timeout: Seconds = 30.0
 
 
 class LimitsConfig(_Section):
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_n: int = 8
-    max_tokens: int = 131_072
-    max_messages: int = 4096
-    connect_timeout: float = 10.0
-    first_token_timeout: float = 60.0
-    total_timeout: float = 600.0
-    max_response_bytes: int = 32 * 1024 * 1024
-    max_concurrent_requests: int = 4096
-    queue_timeout: float = 10.0
+    max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    max_n: PositiveInt = 8
+    max_tokens: PositiveInt = 131_072
+    max_messages: PositiveInt = 4096
+    connect_timeout: Seconds = 10.0
+    first_token_timeout: Seconds = 60.0
+    total_timeout: Seconds = 600.0
+    max_response_bytes: PositiveInt = 32 * 1024 * 1024
+    max_concurrent_requests: PositiveInt = 4096
+    queue_timeout: Seconds = 10.0
 
 
 class LoggingConfig(_Section):
@@ -111,13 +116,13 @@ class LoggingConfig(_Section):
 
 
 class BusConfig(_Section):
-    default_queue_size: int = 1024
-    request_timeout: float = 5.0
+    default_queue_size: PositiveInt = 1024
+    request_timeout: Seconds = 5.0
 
 
 class PoolConfig(_Section):
-    limit: int
-    queue_timeout: float = 10.0
+    limit: PositiveInt
+    queue_timeout: Annotated[float, msgspec.Meta(ge=0)] = 10.0
 
 
 class SchedulerConfig(_Section):

@@ -35,6 +35,11 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0
+    usage_estimated: bool = False
+    """True when the provider reported no usage and the tokens were counted by the gateway."""
+    cost_usd: float | None = None
+    """From the registered PriceBook service; None when there is none or the model has no price."""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
     attempts: int = 1

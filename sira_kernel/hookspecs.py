@@ -68,7 +68,7 @@ def sira_register_services(register: ServiceRegistrar) -> None:
 
 @hookspec
 def sira_register_routes(register: RouteRegistrar) -> None:
-    """Register HTTP routes: ``register(path, endpoint, methods=["POST"], listener="public")``."""
+    """Register HTTP routes: ``register(path, endpoint, methods=None, name=None, listener="public")``."""
 
 
 @hookspec
@@ -78,7 +78,8 @@ def sira_register_middleware(register: MiddlewareRegistrar) -> None:
 
 @hookspec
 def sira_register_subscriptions(register: SubscriptionRegistrar) -> None:
-    """Subscribe to bus topics: ``register("usage.*", handler, queue_size=1024, overflow="drop_oldest")``."""
+    """Subscribe to bus topics: ``register("usage.*", handler, overflow="drop_oldest")``; answer bus
+    requests with ``register.responder(topic, handler)``."""
 
 
 @hookspec

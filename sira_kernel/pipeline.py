@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .accounting import PriceBook, TokenCounter, estimate_chat_tokens, estimate_text_tokens
 from .auth import Principal, RequestInfo
 from .errors import (
     AuthenticationFailed,
@@ -39,9 +40,12 @@ from .types import (
     EmbeddingRequest,
     EmbeddingResponse,
     ModelInfo,
+    ReasoningDelta,
     StreamError,
     StreamEvent,
     StreamStart,
+    TextDelta,
+    ToolCallDelta,
     Usage,
 )
 
@@ -55,21 +59,6 @@ _log = get_logger("sira.pipeline")
 CLIENT_CLOSED = 499
 
 
-def _estimate_prompt_tokens(request: ChatRequest) -> int:
-    # A cheap bound for reservations; exact counts come back in the provider's usage.
-    chars = 0
-    for message in request.messages:
-        content = message.content
-        if isinstance(content, str):
-            chars += len(content)
-        elif content:
-            for part in content:
-                text = part.get("text")
-                if isinstance(text, str):
-                    chars += len(text)
-    return chars // 4 + 4 * len(request.messages)
-
-
 def _interrupted(deployment: Deployment, lease: Lease, total_timeout: float) -> ProviderError:
     """Why a provider call's cancel scope fired: its plugin was unloaded, or the total deadline passed."""
     if lease.revoked:
@@ -80,6 +69,17 @@ def _interrupted(deployment: Deployment, lease: Lease, total_timeout: float) -> 
     return ProviderTimeout(
         f"provider {deployment.provider!r} did not finish within {total_timeout:g}s", provider=deployment.provider
     )
+
+
+def _apply_usage(record: UsageRecord, usage: Usage) -> None:
+    record.prompt_tokens = usage.prompt_tokens
+    record.completion_tokens = usage.completion_tokens
+    record.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+    details = usage.prompt_tokens_details
+    if details:
+        cached = details.get("cached_tokens")
+        if isinstance(cached, int):
+            record.cached_tokens = cached
 
 
 class ChatStream:
@@ -100,9 +100,12 @@ class ChatStream:
         reservation: Reservation,
         deployment: Deployment,
         deadline: float,
+        request: ChatRequest,
     ) -> None:
         self._pipeline = pipeline
         self._deadline = deadline
+        self._request = request
+        self._pieces: list[str] = []  # streamed text, counted only if the provider reports no usage
         self._events = events
         self._first: StreamEvent | None = first
         self._record = record
@@ -145,7 +148,11 @@ class ChatStream:
                 event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
             if record.ttft_ms is None and not isinstance(event, StreamStart):
                 record.ttft_ms = (time.perf_counter() - self._started) * 1000
-            if isinstance(event, Usage):
+            if isinstance(event, TextDelta | ReasoningDelta):
+                self._pieces.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                self._pieces.append(event.arguments)
+            elif isinstance(event, Usage):
                 self.usage = event
             elif isinstance(event, StreamError):
                 self._failed = event
@@ -168,16 +175,15 @@ class ChatStream:
             finally:
                 self._lease.release()
                 record = self._record
-                usage = self.usage
-                if usage is not None:
-                    record.prompt_tokens = usage.prompt_tokens
-                    record.completion_tokens = usage.completion_tokens
-                    record.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+                if self.usage is not None:
+                    _apply_usage(record, self.usage)
+                elif self._pieces or self._failed is None:
+                    self._pipeline._count_usage(record, self._request, "".join(self._pieces))
                 if self._failed is not None:
                     record.status, record.error_code = self._failed.status, self._failed.code
                 elif client_gone:
                     record.status, record.error_code = CLIENT_CLOSED, "client_closed"
-                if usage is not None or self._failed is None:
+                if self.usage is not None or self._failed is None:
                     await self._reservation.settle(record.total_tokens)
                 else:
                     await self._reservation.release()
@@ -256,7 +262,37 @@ class Pipeline:
 
     def _finish(self, record: UsageRecord, started: float) -> None:
         record.latency_ms = (time.perf_counter() - started) * 1000
+        if record.total_tokens:
+            book = self.kernel.services.find(PriceBook)
+            if book is not None:
+                try:
+                    record.cost_usd = book.cost(record)
+                except Exception:
+                    _log.exception("pipeline.pricing_failed", model=record.model)
         self.kernel.bus.publish_nowait(record)
+
+    def _prompt_tokens(self, request: ChatRequest) -> int:
+        counter = self.kernel.services.find(TokenCounter)
+        if counter is not None:
+            try:
+                return counter.count_chat(request)
+            except Exception:
+                _log.exception("pipeline.token_count_failed", model=request.model)
+        return estimate_chat_tokens(request)
+
+    def _count_usage(self, record: UsageRecord, request: ChatRequest, completion: str) -> None:
+        """The provider reported no usage: count it here so the request is still accounted for."""
+        counter = self.kernel.services.find(TokenCounter)
+        completion_tokens = estimate_text_tokens(completion)
+        if counter is not None:
+            try:
+                completion_tokens = counter.count_text(request.model, completion)
+            except Exception:
+                _log.exception("pipeline.token_count_failed", model=request.model)
+        record.prompt_tokens = self._prompt_tokens(request)
+        record.completion_tokens = completion_tokens
+        record.total_tokens = record.prompt_tokens + completion_tokens
+        record.usage_estimated = True
 
     def _check_bounds(self, request: ChatRequest) -> None:
         limits = self.kernel.config.limits
@@ -287,6 +323,12 @@ class Pipeline:
         record.tenant, record.team = principal.tenant, principal.team
         await self.authorize(snap, principal, info, operation, model)
         route = await self.route(snap, request, principal)
+        info_of = snap.route_table.info(model)
+        wanted = "embedding" if operation == "embeddings" else "chat"
+        if info_of is not None and info_of.kind != wanted:
+            raise RequestError(
+                f"the model {model!r} is a {info_of.kind} model and cannot serve {operation}", param="model"
+            )
         deployment = route.deployments[0]
         entry = snap.providers.get(deployment.provider)
         if entry is None:
@@ -295,7 +337,7 @@ class Pipeline:
         record.provider, record.upstream_model = deployment.provider, deployment.model
         tokens = 0
         if principal.limits and isinstance(request, ChatRequest):
-            tokens = _estimate_prompt_tokens(request) + (request.token_limit or 256)
+            tokens = self._prompt_tokens(request) + (request.token_limit or 256)
         reservation = await self.kernel.scheduler.reserve(
             pool="requests", limits=principal.limits, tokens=tokens,
             tenant=principal.tenant or principal.id, priority=principal.priority,
@@ -327,10 +369,13 @@ class Pipeline:
                     response = await provider.chat(request, self._call_context(deployment, info))
                 if scope.cancelled_caught:
                     raise _interrupted(deployment, lease, total)
-            usage = response.usage
-            if usage is not None:
-                record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                record.total_tokens = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
+            if response.usage is not None:
+                _apply_usage(record, response.usage)
+            else:
+                completion = "".join(
+                    c.message.content for c in response.choices if isinstance(c.message.content, str)
+                )
+                self._count_usage(record, request, completion)
             await reservation.settle(record.total_tokens)
             reservation = None
             return response
@@ -371,7 +416,9 @@ class Pipeline:
                 raise _interrupted(deployment, lease, total)
             if isinstance(first, StreamError):
                 raise ProviderError(first.message, status=first.status, code=first.code)
-            stream = ChatStream(self, events, first, record, started, lease, reservation, deployment, deadline)
+            stream = ChatStream(
+                self, events, first, record, started, lease, reservation, deployment, deadline, request
+            )
             lease = reservation = events = None  # owned by the stream now
             return stream
         except StopAsyncIteration:

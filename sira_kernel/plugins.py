@@ -266,7 +266,10 @@ class PluginRegistry:
         found: dict[str, EntryPoint | LocalEntryPoint] = {}
         owners: dict[str, str] = {}
         duplicates: dict[str, str] = {}
-        for ep in [*entry_points(group=ENTRY_POINT_GROUP), *self._local]:
+        local_ids = {ep.name for ep in self._local}
+        installed = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in local_ids]
+        # A plugin handed to the kernel directly (tests, embedding) shadows an installed one.
+        for ep in [*installed, *self._local]:
             dist = ep.dist.name if ep.dist is not None else "<unknown>"
             if ep.name in found:
                 if owners[ep.name] == dist:
@@ -586,6 +589,10 @@ class PluginRegistry:
                 if methods is None or r.methods is None or set(methods) & set(r.methods):
                     shown = ",".join(r.methods) if r.methods else "*"
                     raise PluginLoadError(handle.id, f"route {shown} {r.path} is already registered by {owner!r}")
+        answered = {topic: h.id for h in others for topic, _ in h.staged.responders}
+        for topic, _ in handle.staged.responders:
+            if topic in answered:
+                raise PluginLoadError(handle.id, f"bus topic {topic!r} already has a responder ({answered[topic]!r})")
         services = {(interface_name(s.interface), s.name): h.id for h in others for s in h.staged.services}
         for s in handle.staged.services:
             key = (interface_name(s.interface), s.name)
@@ -599,13 +606,18 @@ class PluginRegistry:
 
         assert handle.context is not None
         for spec in handle.staged.subscriptions:
+            queue_size = spec.queue_size if spec.queue_size is not None else self.kernel.bus.default_queue_size
             sub = Subscription(
-                spec.name, spec.pattern, spec.handler, owner=handle.id, queue_size=spec.queue_size,
+                spec.name, spec.pattern, spec.handler, owner=handle.id, queue_size=queue_size,
                 overflow=spec.overflow, block_timeout=spec.block_timeout, on_drop=spec.on_drop,
             )
             handle._subscriptions.append(sub)
             self.kernel.bus.add(sub)
             handle.context.start_task(sub.run, name=f"bus:{spec.pattern}")
+        for topic, responder in handle.staged.responders:
+            # A generation being replaced still answers until it drains; the new one takes over now.
+            self.kernel.bus.remove_responders(topic=topic, owner_prefix=f"{handle.id}#")
+            self.kernel.bus.add_responder(topic, responder, owner=handle.pluggy_name)
 
     # -- unload -------------------------------------------------------------------------------------
 
@@ -634,6 +646,7 @@ class PluginRegistry:
     async def _drain_and_stop(self, handle: PluginHandle, drain_timeout: float | None) -> None:
         self.kernel._publish_lifecycle(handle, "draining")
         timeout = self.kernel.config.kernel.drain_timeout if drain_timeout is None else drain_timeout
+        self.kernel.bus.remove_responders(handle.pluggy_name)
         for sub in handle._subscriptions:
             self.kernel.bus.remove(sub)
         for sub in handle._subscriptions:  # what was queued before removal is still delivered

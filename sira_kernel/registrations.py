@@ -67,7 +67,7 @@ class MiddlewareSpec(msgspec.Struct, frozen=True):
 class SubscriptionSpec(msgspec.Struct, frozen=True):
     pattern: str
     handler: Any
-    queue_size: int
+    queue_size: int | None
     overflow: OverflowPolicy
     name: str
     owner: str
@@ -94,6 +94,7 @@ class Staged(msgspec.Struct):
     middleware: list[MiddlewareSpec] = msgspec.field(default_factory=list)
     subscriptions: list[SubscriptionSpec] = msgspec.field(default_factory=list)
     tools: list[Tool] = msgspec.field(default_factory=list)
+    responders: list[tuple[str, Any]] = msgspec.field(default_factory=list)
 
 
 class _Registrar:
@@ -138,7 +139,10 @@ class RouteRegistrar(_Registrar):
     """``register(path, endpoint, methods=None, name=None, listener="public")``: add an HTTP route.
 
     ``endpoint`` is a Starlette endpoint (``async def endpoint(request) -> Response``) or a raw ASGI
-    app. ``register.websocket(path, endpoint)`` adds a WebSocket route.
+    app given as a callable *object* (an instance with ``async def __call__(scope, receive, send)``;
+    Starlette takes a plain function for a request endpoint). ``methods=None`` serves GET and HEAD
+    for endpoints and every method for ASGI objects. ``register.websocket(path, endpoint)`` adds a
+    WebSocket route.
     """
 
     def __call__(
@@ -190,7 +194,11 @@ class MiddlewareRegistrar(_Registrar):
 
 
 class SubscriptionRegistrar(_Registrar):
-    """``register(pattern, handler, queue_size=1024, overflow="drop_oldest", name=None, ...)``.
+    """``register(pattern, handler, queue_size=None, overflow="drop_oldest", name=None, ...)``.
+
+    ``queue_size`` defaults to the kernel's ``bus.default_queue_size``.
+    ``register.responder(topic, handler)`` answers bus requests on ``topic`` (one responder per
+    topic); it is removed with the plugin.
 
     ``pattern`` is a dotted topic where ``*`` matches one segment and ``#`` any number (including
     none). ``handler(event)`` may be sync or async; it runs in the plugin's own delivery task, in
@@ -202,7 +210,7 @@ class SubscriptionRegistrar(_Registrar):
         pattern: str,
         handler: Callable[[Any], Any],
         *,
-        queue_size: int = 1024,
+        queue_size: int | None = None,
         overflow: OverflowPolicy = "drop_oldest",
         name: str | None = None,
         block_timeout: float = 1.0,
@@ -210,7 +218,7 @@ class SubscriptionRegistrar(_Registrar):
     ) -> None:
         if overflow not in ("block", "drop_oldest", "drop_newest"):
             raise self._fail(f"unknown overflow policy {overflow!r}")
-        if queue_size < 1:
+        if queue_size is not None and queue_size < 1:
             raise self._fail("queue_size must be at least 1")
         self._staged.subscriptions.append(
             SubscriptionSpec(
@@ -224,6 +232,12 @@ class SubscriptionRegistrar(_Registrar):
                 on_drop=on_drop,
             )
         )
+
+    def responder(self, topic: str, handler: Callable[[Any], Any]) -> None:
+        """Answer ``await bus.request(topic, event)`` with ``handler(event)`` (sync or async)."""
+        if any(t == topic for t, _ in self._staged.responders):
+            raise self._fail(f"two responders for topic {topic!r}")
+        self._staged.responders.append((topic, handler))
 
 
 class ToolRegistrar(_Registrar):

@@ -570,3 +570,27 @@ async def test_unload_delivers_events_queued_before_the_plugin_left() -> None:
             kernel.bus.publish_nowait(PluginEvent(plugin_id=f"e{i}", state="x", generation=0), topic="audit.test")
         await kernel.unload("listener")
     assert received == [f"e{i}" for i in range(5)]
+
+
+@pytest.mark.anyio
+async def test_plugin_responders_answer_and_leave_with_the_plugin() -> None:
+    from sira_kernel import BusTimeout, hookimpl
+    from sira_kernel.testing import make_kernel
+
+    class Answering:
+        sira_api = 1
+
+        @hookimpl
+        def sira_register_subscriptions(self, register: Any) -> None:
+            async def double(event: int) -> int:
+                return event * 2
+
+            register.responder("math.double", double)
+
+    async with make_kernel({"answering": Answering}) as kernel:
+        assert await kernel.bus.request("math.double", 21) == 42
+        await kernel.replace("answering")  # the new generation takes the topic over
+        assert await kernel.bus.request("math.double", 5) == 10
+        await kernel.unload("answering")
+        with pytest.raises(BusTimeout):
+            await kernel.bus.request("math.double", 1)

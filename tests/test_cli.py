@@ -168,9 +168,9 @@ def test_serve_answers_and_sigterm_drains_open_stream(served: tuple[subprocess.P
 
 
 def test_start_status_stop(tmp_path: Path, port: int) -> None:
-    config = str(write_config(tmp_path, port))
+    config = str(write_config(tmp_path, free_port()))  # `start --port` overrides it; status must follow
     try:
-        started = run("start", "--config", config)
+        started = run("start", "--config", config, "--port", str(port))
         assert started.returncode == 0, started.stderr
         assert (tmp_path / "data" / "sira.pid").exists()
         status = run("status", "--config", config)

@@ -260,3 +260,13 @@ def test_the_repository_kernel_toml_loads() -> None:
         schema = getattr(ep.load(), "Config", None) if ep is not None else None
         if schema is not None:  # an installed plugin's section must pass its own Config
             validate_section(schema, config.plugin_section(plugin_id), f"plugins.{plugin_id}")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [({"scheduler": {"pools": {"p": {"limit": 0}}}}, "limit"), ({"limits": {"max_n": 0}}, "limits.max_n"),
+     ({"server": {"port": 70000}}, "server.port"), ({"limits": {"total_timeout": -1}}, "limits.total_timeout")],
+)
+def test_numeric_bounds_are_config_errors(section: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        parse_config(section, "kernel.toml")

@@ -396,6 +396,9 @@ def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: openai.Op
         big = http.post(url, content=b"x" * 70000, headers={**auth})
         assert big.status_code == 413
         assert http.post(f"{gateway.base_url}/v1/nowhere", json={}).status_code == 404
+        wrong_method = http.get(url, headers=auth)
+        assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+        assert wrong_method.json()["error"]["code"] == "method_not_allowed"
     completion = client.chat.completions.create(model="gpt-4o-mini", messages=ok_messages)  # type: ignore[arg-type]
     assert completion.choices[0].message.content == "Echo: hi"
 

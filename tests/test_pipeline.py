@@ -209,3 +209,49 @@ async def test_decision_hooks_may_take_a_subset_of_the_arguments() -> None:
         assert (await kernel.pipeline.chat(chat(), INFO)).model == "fake-1"
         with pytest.raises(AuthorizationDenied):
             await kernel.pipeline.chat(chat("fake-2"), INFO)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_usage_is_counted_when_the_provider_reports_none(stream: bool) -> None:
+    config = {"plugins": {"fake": {"reply": "one two three four five six seven eight"}}}
+    async with make_kernel({"fake": FakeProviderPlugin}, config) as kernel:
+        recorder = Recorder(kernel)
+        provider(kernel).report_usage = False
+        if stream:
+            chat_stream = await kernel.pipeline.stream(chat(stream=True), INFO)
+            [_ async for _ in chat_stream]
+            await chat_stream.aclose()
+        else:
+            await kernel.pipeline.chat(chat(), INFO)
+        [record] = await recorder.settled(1)
+        assert record.usage_estimated
+        # the kernel's fallback: ceil(chars / 4) for the reply; text plus 4 per message for the prompt
+        assert record.completion_tokens == -(-len("one two three four five six seven eight") // 4)
+        assert record.prompt_tokens == -(-len("hello there") // 4) + 4
+        assert record.total_tokens == record.prompt_tokens + record.completion_tokens
+
+
+async def test_model_kind_is_checked() -> None:
+    class Embedder(FakeProviderPlugin):
+        @hookimpl
+        def sira_register_providers(self, register: Any) -> None:
+            fake = FakeProvider(register.owner, ["chat-model"])
+            base_models = fake.models
+
+            def models() -> list[Any]:
+                from sira_kernel import ModelInfo
+
+                return [*base_models(), ModelInfo(id="embed-model", kind="embedding")]
+
+            fake.models = models  # type: ignore[method-assign]
+            register(fake)
+
+    async with make_kernel({"fake": Embedder}) as kernel:
+        with pytest.raises(RequestError, match="embedding model") as err:
+            await kernel.pipeline.chat(chat("embed-model"), INFO)
+        assert err.value.param == "model"
+        from sira_kernel import EmbeddingRequest
+
+        with pytest.raises(RequestError, match="chat model"):
+            await kernel.pipeline.embed(EmbeddingRequest(model="chat-model", input="x"), INFO)
+        assert (await kernel.pipeline.embed(EmbeddingRequest(model="embed-model", input="x"), INFO)).data

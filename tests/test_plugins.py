@@ -844,3 +844,9 @@ async def test_a_route_for_every_method_conflicts_with_one_for_get() -> None:
         states = {i.id: (i.state, i.reason) for i in kernel.plugins.infos()}
         assert states["any"][0] == "active"
         assert states["get"][0] == "failed" and "already registered by 'any'" in (states["get"][1] or "")
+
+
+async def test_a_plugin_handed_to_make_kernel_shadows_an_installed_one() -> None:
+    async with make_kernel({"provider-mock": FakeProviderPlugin}) as kernel:
+        [info] = [i for i in kernel.plugins.infos() if i.id == "provider-mock"]
+        assert info.state == "active" and info.distribution == "test-provider-mock"

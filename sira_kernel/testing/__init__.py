@@ -112,6 +112,7 @@ class FakeProvider:
         self.delay = delay
         self.fail: Exception | None = None
         self.hang = False
+        self.report_usage = True  # False: streams end without a Usage event, responses without usage
         self.calls = 0
         self.closed_streams = 0
 
@@ -136,7 +137,8 @@ class FakeProvider:
             await anyio.sleep(self.delay)
         return ChatResponse(
             id=f"chatcmpl-fake-{self.calls}", model=ctx.upstream_model, created=int(time.time()),
-            choices=[ChatChoice(0, Message("assistant", self.reply), "stop")], usage=self._usage(request),
+            choices=[ChatChoice(0, Message("assistant", self.reply), "stop")],
+            usage=self._usage(request) if self.report_usage else None,
         )
 
     async def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[StreamEvent]:
@@ -148,7 +150,8 @@ class FakeProvider:
                     await anyio.sleep(self.delay)
                 yield TextDelta(word if i == 0 else " " + word)
             yield Finish("stop")
-            yield self._usage(request)
+            if self.report_usage:
+                yield self._usage(request)
         finally:
             self.closed_streams += 1
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import msgspec
+
 from sira_kernel import (
     ChatStream,
     Kernel,
@@ -226,7 +227,7 @@ class ChatCompletions(_Endpoint):
         """Send the response head and every event; return True when the stream ended in an error."""
         events = stream.__aiter__()
         start = await events.__anext__()
-        encoder = ChunkEncoder(start, model, include_usage)  # type: ignore[arg-type]
+        encoder = ChunkEncoder(start, include_usage)  # type: ignore[arg-type]
         headers = [*_SSE_HEADERS, (b"x-request-id", scope.get("sira.request_id", "").encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoder.first(), "more_body": True})

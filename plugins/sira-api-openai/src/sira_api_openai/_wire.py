@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import msgspec
+
 from sira_kernel import (
     ChatRequest,
     EmbeddingRequest,
@@ -126,10 +127,10 @@ class _ChunkNoUsage(msgspec.Struct):
 class ChunkEncoder:
     """Turns kernel stream events into ``data: {...}\\n\\n`` SSE lines for one response."""
 
-    def __init__(self, start: StreamStart, model: str, include_usage: bool) -> None:
+    def __init__(self, start: StreamStart, include_usage: bool) -> None:
         self.id = start.id
         self.created = start.created
-        self.model = model
+        self.model = start.model  # what the provider says answered, as in non-streamed responses
         self.include_usage = include_usage
         self._roles_sent: set[int] = set()
 
