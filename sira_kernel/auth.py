@@ -22,6 +22,9 @@ class RequestInfo(msgspec.Struct, kw_only=True):
     client: str | None = None
     surface: str = "openai"
     request_id: str = ""
+    route: str | None = None
+    """Set by the pipeline once a provider answered: ``"<provider>/<model>; attempts=<n>"``, for
+    surfaces to send back (``x-sira-route``)."""
 
     @property
     def bearer_token(self) -> str | None:

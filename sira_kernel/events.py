@@ -6,7 +6,17 @@ from typing import ClassVar
 
 import msgspec
 
-__all__ = ["PluginEvent", "UsageRecord"]
+__all__ = ["Attempt", "PluginEvent", "UsageRecord"]
+
+
+class Attempt(msgspec.Struct, kw_only=True):
+    """One try of a request against one deployment (a request with retries or fallbacks has several)."""
+
+    provider: str
+    model: str
+    status: int
+    error_code: str | None = None
+    latency_ms: float = 0.0
 
 
 class UsageRecord(msgspec.Struct, kw_only=True):
@@ -42,7 +52,9 @@ class UsageRecord(msgspec.Struct, kw_only=True):
     """From the registered PriceBook service; None when there is none or the model has no price."""
     latency_ms: float = 0.0
     ttft_ms: float | None = None
-    attempts: int = 1
+    attempts: int = 0
+    """How many provider attempts the request took (0 when it failed before reaching a provider)."""
+    attempt_log: list[Attempt] = msgspec.field(default_factory=list)
 
 
 class PluginEvent(msgspec.Struct, kw_only=True):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -29,10 +29,10 @@ from .errors import (
     RequestError,
     SiraError,
 )
-from .events import UsageRecord
+from .events import Attempt, UsageRecord
 from .logs import get_logger
 from .providers import CallContext, Provider
-from .routing import Deployment, Route
+from .routing import AttemptPlan, Deployment, Route, SingleAttempt
 from .scheduler import Reservation
 from .types import (
     ChatRequest,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["ChatStream", "Pipeline"]
 
 _log = get_logger("sira.pipeline")
+T = TypeVar("T")
 CLIENT_CLOSED = 499
 
 
@@ -69,6 +70,16 @@ def _interrupted(deployment: Deployment, lease: Lease, total_timeout: float) -> 
     return ProviderTimeout(
         f"provider {deployment.provider!r} did not finish within {total_timeout:g}s", provider=deployment.provider
     )
+
+
+async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await close()
+            except Exception:
+                _log.exception("pipeline.stream_close_failed")
 
 
 def _apply_usage(record: UsageRecord, usage: Usage) -> None:
@@ -86,7 +97,8 @@ class ChatStream:
     """A started chat stream: iterate it for events; always ``aclose()`` it (surfaces do).
 
     The first event (``StreamStart``) has already arrived from the provider when a surface receives
-    this object, so upstream failures before that are raised as errors with a proper status instead.
+    this object, so upstream failures before that are raised as errors with a proper status (and
+    may have been retried by the route's plan); once it exists, the stream is never retried.
     """
 
     def __init__(
@@ -94,24 +106,20 @@ class ChatStream:
         pipeline: Pipeline,
         events: AsyncIterator[StreamEvent],
         first: StreamEvent,
-        record: UsageRecord,
-        started: float,
+        call: _Call,
         lease: Lease,
-        reservation: Reservation,
         deployment: Deployment,
-        deadline: float,
-        request: ChatRequest,
+        plan: AttemptPlan,
+        attempt_started: float,
     ) -> None:
         self._pipeline = pipeline
-        self._deadline = deadline
-        self._request = request
-        self._pieces: list[str] = []  # streamed text, counted only if the provider reports no usage
         self._events = events
         self._first: StreamEvent | None = first
-        self._record = record
-        self._started = started
+        self._call = call
         self._lease = lease
-        self._reservation = reservation
+        self._plan = plan
+        self._attempt_started = attempt_started
+        self._pieces: list[str] = []  # streamed text, counted only if the provider reports no usage
         self.deployment = deployment
         self.usage: Usage | None = None
         self._closed = False
@@ -126,9 +134,10 @@ class ChatStream:
             yield first
         lease = self._lease
         events = self._events
-        record = self._record
+        call = self._call
+        record = call.record
         while True:
-            with anyio.CancelScope(deadline=self._deadline) as scope:
+            with anyio.CancelScope(deadline=call.deadline) as scope:
                 lease.attach(scope)
                 try:
                     event = await events.__anext__()
@@ -147,7 +156,7 @@ class ChatStream:
                 why = _interrupted(self.deployment, lease, self._pipeline.kernel.config.limits.total_timeout)
                 event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
             if record.ttft_ms is None and not isinstance(event, StreamStart):
-                record.ttft_ms = (time.perf_counter() - self._started) * 1000
+                record.ttft_ms = (time.perf_counter() - call.started) * 1000
             if isinstance(event, TextDelta | ReasoningDelta):
                 self._pieces.append(event.text)
             elif isinstance(event, ToolCallDelta):
@@ -174,20 +183,48 @@ class ChatStream:
                 _log.exception("pipeline.stream_close_failed", provider=self.deployment.provider)
             finally:
                 self._lease.release()
-                record = self._record
+                call = self._call
+                record = call.record
                 if self.usage is not None:
                     _apply_usage(record, self.usage)
                 elif self._pieces or self._failed is None:
-                    self._pipeline._count_usage(record, self._request, "".join(self._pieces))
-                if self._failed is not None:
-                    record.status, record.error_code = self._failed.status, self._failed.code
+                    self._pipeline._count_usage(record, call.request, "".join(self._pieces))
+                failed = self._failed
+                if failed is not None:
+                    record.status, record.error_code = failed.status, failed.code
+                    record.attempt_log[-1].status, record.attempt_log[-1].error_code = failed.status, failed.code
                 elif client_gone:
                     record.status, record.error_code = CLIENT_CLOSED, "client_closed"
-                if self.usage is not None or self._failed is None:
-                    await self._reservation.settle(record.total_tokens)
+                record.attempt_log[-1].latency_ms = (time.perf_counter() - self._attempt_started) * 1000
+                ttft = None if record.ttft_ms is None else record.ttft_ms / 1000
+                error = None
+                if failed is not None:
+                    error = ProviderError(failed.message, status=failed.status, code=failed.code,
+                                          provider=self.deployment.provider)
+                try:
+                    self._plan.report(self.deployment, error, time.perf_counter() - self._attempt_started, ttft)
+                except Exception:
+                    _log.exception("pipeline.plan_report_failed")
+                assert call.reservation is not None
+                if self.usage is not None or failed is None:
+                    await call.reservation.settle(record.total_tokens)
                 else:
-                    await self._reservation.release()
-                self._pipeline._finish(record, self._started)
+                    await call.reservation.release()
+                call.reservation = None
+                self._pipeline._finish(record, call.started)
+
+
+class _Call:
+    """One client request's bookkeeping while it runs: record, capacity, deadline."""
+
+    __slots__ = ("deadline", "record", "request", "reservation", "started")
+
+    def __init__(self, record: UsageRecord, request: Any) -> None:
+        self.started = time.perf_counter()
+        self.record = record
+        self.request = request
+        self.reservation: Reservation | None = None
+        self.deadline = 0.0
 
 
 class Pipeline:
@@ -316,59 +353,131 @@ class Pipeline:
         )
 
     async def _admit(
-        self, snap: Snapshot, info: RequestInfo, operation: str, model: str, request: Any, record: UsageRecord
-    ) -> tuple[Principal, Deployment, Provider, Lease, Reservation]:
+        self, snap: Snapshot, info: RequestInfo, operation: str, model: str, call: _Call
+    ) -> Route:
+        """Authenticate, authorize, route and reserve capacity; fills ``call``."""
+        record, request = call.record, call.request
         principal = await self.authenticate(snap, info)
         record.principal, record.principal_kind = principal.id, principal.kind
         record.tenant, record.team = principal.tenant, principal.team
         await self.authorize(snap, principal, info, operation, model)
         route = await self.route(snap, request, principal)
-        info_of = snap.route_table.info(model)
+        known = snap.route_table.info(model)
         wanted = "embedding" if operation == "embeddings" else "chat"
-        if info_of is not None and info_of.kind != wanted:
+        if known is not None and known.kind != wanted:
             raise RequestError(
-                f"the model {model!r} is a {info_of.kind} model and cannot serve {operation}", param="model"
+                f"the model {model!r} is a {known.kind} model and cannot serve {operation}", param="model"
             )
-        deployment = route.deployments[0]
-        entry = snap.providers.get(deployment.provider)
-        if entry is None:
-            raise PluginUnavailable(deployment.provider, "no such provider is active")
-        provider, handle = entry
-        record.provider, record.upstream_model = deployment.provider, deployment.model
         tokens = 0
         if principal.limits and isinstance(request, ChatRequest):
             tokens = self._prompt_tokens(request) + (request.token_limit or 256)
-        reservation = await self.kernel.scheduler.reserve(
+        call.reservation = await self.kernel.scheduler.reserve(
             pool="requests", limits=principal.limits, tokens=tokens,
             tenant=principal.tenant or principal.id, priority=principal.priority,
         )
-        try:
-            lease = handle.lease()
-        except BaseException:
-            await reservation.release()
-            raise
-        return principal, deployment, provider, lease, reservation
+        call.deadline = anyio.current_time() + self.kernel.config.limits.total_timeout
+        return route
+
+    async def _attempt(
+        self,
+        snap: Snapshot,
+        route: Route,
+        call: _Call,
+        info: RequestInfo,
+        start: Callable[[Provider, CallContext], Awaitable[T]],
+        keep_lease: bool = False,
+    ) -> tuple[T, Deployment, Lease, AttemptPlan, float]:
+        """Run attempts as the route's plan directs until one succeeds or the plan gives up.
+
+        The kernel's own plan is a single attempt; retries and fallbacks come only from a routing
+        plugin's plan. Every attempt is logged on the usage record.
+        """
+        plan: AttemptPlan = route.plan if route.plan is not None else SingleAttempt(route.deployments[0])
+        record = call.record
+        total = self.kernel.config.limits.total_timeout
+        failure: ProviderError | None = None
+        while True:
+            remaining = call.deadline - anyio.current_time()
+            deployment = await plan.next(failure, remaining) if remaining > 0 else None
+            if deployment is None:
+                if failure is None:
+                    failure = ProviderTimeout(f"no attempt could be made within {total:g}s")
+                raise failure
+            record.provider, record.upstream_model = deployment.provider, deployment.model
+            began = time.perf_counter()
+            lease: Lease | None = None
+            try:
+                entry = snap.providers.get(deployment.provider)
+                if entry is None:
+                    raise ProviderUnavailable(
+                        f"provider {deployment.provider!r} is not active", provider=deployment.provider, status=503
+                    )
+                provider, handle = entry
+                try:
+                    lease = handle.lease()
+                except PluginUnavailable as exc:
+                    raise ProviderUnavailable(exc.message, provider=deployment.provider, status=503) from None
+                with anyio.CancelScope(deadline=call.deadline) as scope:
+                    lease.attach(scope)
+                    result = await start(provider, self._call_context(deployment, info))
+                lease.attach(None)
+                if scope.cancelled_caught:
+                    raise _interrupted(deployment, lease, total)
+            except ProviderError as exc:
+                if lease is not None:
+                    lease.release()
+                latency = time.perf_counter() - began
+                record.attempt_log.append(
+                    Attempt(provider=deployment.provider, model=deployment.model, status=exc.status,
+                            error_code=exc.code, latency_ms=latency * 1000)
+                )
+                record.attempts = len(record.attempt_log)
+                plan.report(deployment, exc, latency, None)
+                failure = exc
+                continue
+            except BaseException:
+                if lease is not None:
+                    lease.release()
+                raise
+            latency = time.perf_counter() - began
+            record.attempt_log.append(
+                Attempt(provider=deployment.provider, model=deployment.model, status=200, latency_ms=latency * 1000)
+            )
+            record.attempts = len(record.attempt_log)
+            info.route = f"{deployment.provider}/{deployment.model}; attempts={record.attempts}"
+            if not keep_lease:
+                lease.release()
+                plan.report(deployment, None, latency, None)
+            return result, deployment, lease, plan, began
+
+    def _failed(self, record: UsageRecord, exc: BaseException) -> None:
+        if isinstance(exc, SiraError):
+            record.status, record.error_code = exc.status, exc.code
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            record.status, record.error_code = CLIENT_CLOSED, "client_closed"
+        else:
+            record.status, record.error_code = 500, "internal_error"
+
+    async def _close(self, call: _Call) -> None:
+        if call.reservation is not None:
+            with anyio.CancelScope(shield=True):
+                await call.reservation.release()
+            call.reservation = None
+        self._finish(call.record, call.started)
 
     # -- operations ---------------------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest, info: RequestInfo) -> ChatResponse:
         """A non-streamed chat completion."""
-        started = time.perf_counter()
         snap = self.kernel.snapshot
-        record = self._record(info, "chat", request.model)
-        reservation: Reservation | None = None
+        call = _Call(self._record(info, "chat", request.model), request)
         try:
             self._check_bounds(request)
-            _, deployment, provider, lease, reservation = await self._admit(
-                snap, info, "chat", request.model, request, record
+            route = await self._admit(snap, info, "chat", request.model, call)
+            response, *_ = await self._attempt(
+                snap, route, call, info, lambda provider, ctx: provider.chat(request, ctx)
             )
-            total = self.kernel.config.limits.total_timeout
-            with lease:
-                with anyio.CancelScope(deadline=anyio.current_time() + total) as scope:
-                    lease.attach(scope)
-                    response = await provider.chat(request, self._call_context(deployment, info))
-                if scope.cancelled_caught:
-                    raise _interrupted(deployment, lease, total)
+            record = call.record
             if response.usage is not None:
                 _apply_usage(record, response.usage)
             else:
@@ -376,111 +485,73 @@ class Pipeline:
                     c.message.content for c in response.choices if isinstance(c.message.content, str)
                 )
                 self._count_usage(record, request, completion)
-            await reservation.settle(record.total_tokens)
-            reservation = None
+            assert call.reservation is not None
+            await call.reservation.settle(record.total_tokens)
+            call.reservation = None
             return response
-        except SiraError as exc:
-            record.status, record.error_code = exc.status, exc.code
-            raise
         except BaseException as exc:
-            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            record.status = CLIENT_CLOSED if cancelled else 500
-            record.error_code = "client_closed" if cancelled else "internal_error"
+            self._failed(call.record, exc)
             raise
         finally:
-            if reservation is not None:
-                await reservation.release()
-            self._finish(record, started)
+            await self._close(call)
 
     async def stream(self, request: ChatRequest, info: RequestInfo) -> ChatStream:
-        """Start a streamed chat completion. Errors before the provider's first event are raised."""
-        started = time.perf_counter()
+        """Start a streamed chat completion. Errors before the provider's first event are raised
+        (after the route's plan had its chance to retry or fall back)."""
         snap = self.kernel.snapshot
-        record = self._record(info, "chat", request.model, stream=True)
-        reservation: Reservation | None = None
-        lease: Lease | None = None
-        events: AsyncIterator[StreamEvent] | None = None
+        call = _Call(self._record(info, "chat", request.model, stream=True), request)
+
+        async def start(provider: Provider, ctx: CallContext) -> tuple[AsyncIterator[StreamEvent], StreamEvent]:
+            events = provider.stream(request, ctx)
+            try:
+                first = await events.__anext__()
+                if isinstance(first, StreamError):
+                    raise ProviderError(first.message, status=first.status, code=first.code, provider=provider.name)
+            except StopAsyncIteration:
+                await _aclose(events)
+                raise ProviderUnavailable(
+                    "the upstream ended the stream before sending anything", provider=provider.name,
+                    code="upstream_empty",
+                ) from None
+            except BaseException:
+                await _aclose(events)
+                raise
+            return events, first
+
         try:
             self._check_bounds(request)
-            _, deployment, provider, lease, reservation = await self._admit(
-                snap, info, "chat", request.model, request, record
+            route = await self._admit(snap, info, "chat", request.model, call)
+            (events, first), deployment, lease, plan, began = await self._attempt(
+                snap, route, call, info, start, keep_lease=True
             )
-            total = self.kernel.config.limits.total_timeout
-            deadline = anyio.current_time() + total
-            events = provider.stream(request, self._call_context(deployment, info))
-            with anyio.CancelScope(deadline=deadline) as scope:
-                lease.attach(scope)
-                first = await events.__anext__()
-            lease.attach(None)
-            if scope.cancelled_caught:
-                raise _interrupted(deployment, lease, total)
-            if isinstance(first, StreamError):
-                raise ProviderError(first.message, status=first.status, code=first.code)
-            stream = ChatStream(
-                self, events, first, record, started, lease, reservation, deployment, deadline, request
-            )
-            lease = reservation = events = None  # owned by the stream now
-            return stream
-        except StopAsyncIteration:
-            record.status, record.error_code = 502, "upstream_empty"
-            raise ProviderUnavailable("the upstream ended the stream before sending anything") from None
-        except SiraError as exc:
-            record.status, record.error_code = exc.status, exc.code
-            raise
         except BaseException as exc:
-            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            record.status = CLIENT_CLOSED if cancelled else 500
-            record.error_code = "client_closed" if cancelled else "internal_error"
+            self._failed(call.record, exc)
+            await self._close(call)
             raise
-        finally:
-            if events is not None or lease is not None or reservation is not None:
-                with anyio.CancelScope(shield=True):
-                    if events is not None and hasattr(events, "aclose"):
-                        try:
-                            await events.aclose()
-                        except Exception:
-                            _log.exception("pipeline.stream_close_failed")
-                    if lease is not None:
-                        lease.release()
-                    if reservation is not None:
-                        await reservation.release()
-                self._finish(record, started)
+        return ChatStream(self, events, first, call, lease, deployment, plan, began)
 
     async def embed(self, request: EmbeddingRequest, info: RequestInfo) -> EmbeddingResponse:
         """Embeddings through the same admission path as chat."""
-        started = time.perf_counter()
         snap = self.kernel.snapshot
-        record = self._record(info, "embeddings", request.model)
-        reservation: Reservation | None = None
+        call = _Call(self._record(info, "embeddings", request.model), request)
         try:
-            _, deployment, provider, lease, reservation = await self._admit(
-                snap, info, "embeddings", request.model, request, record
+            route = await self._admit(snap, info, "embeddings", request.model, call)
+            response, *_ = await self._attempt(
+                snap, route, call, info, lambda provider, ctx: provider.embed(request, ctx)
             )
-            total = self.kernel.config.limits.total_timeout
-            with lease:
-                with anyio.CancelScope(deadline=anyio.current_time() + total) as scope:
-                    lease.attach(scope)
-                    response = await provider.embed(request, self._call_context(deployment, info))
-                if scope.cancelled_caught:
-                    raise _interrupted(deployment, lease, total)
+            record = call.record
             if response.usage is not None:
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.total_tokens = response.usage.total_tokens or response.usage.prompt_tokens
-            await reservation.settle(record.total_tokens)
-            reservation = None
+            assert call.reservation is not None
+            await call.reservation.settle(record.total_tokens)
+            call.reservation = None
             return response
-        except SiraError as exc:
-            record.status, record.error_code = exc.status, exc.code
-            raise
         except BaseException as exc:
-            cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-            record.status = CLIENT_CLOSED if cancelled else 500
-            record.error_code = "client_closed" if cancelled else "internal_error"
+            self._failed(call.record, exc)
             raise
         finally:
-            if reservation is not None:
-                await reservation.release()
-            self._finish(record, started)
+            await self._close(call)
 
     async def models(self, info: RequestInfo) -> list[ModelInfo]:
         """The models the caller may use (authenticated; each model authorized)."""

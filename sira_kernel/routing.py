@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import msgspec
 
 from .providers import Provider
 from .types import ModelInfo
 
-__all__ = ["Deployment", "Route", "RouteTable"]
+if TYPE_CHECKING:
+    from .errors import ProviderError
+
+__all__ = ["AttemptPlan", "Deployment", "Route", "RouteTable", "SingleAttempt"]
 
 
 class Deployment(msgspec.Struct, frozen=True):
@@ -20,13 +24,55 @@ class Deployment(msgspec.Struct, frozen=True):
 
 
 class Route(msgspec.Struct, frozen=True):
-    """A routing decision. ``deployments[0]`` is tried first; the rest are fallbacks in order.
+    """A routing decision: the deployments that may serve the request, best first.
 
+    ``plan`` decides which deployment each attempt goes to and whether another attempt is made
+    (retries, fallbacks, backoff): an :class:`AttemptPlan` made for this one request. Without one
+    the kernel makes a single attempt on ``deployments[0]`` — the kernel itself never retries.
     ``reason`` is a short human-readable explanation kept for the decision log.
     """
 
     deployments: tuple[Deployment, ...]
     reason: str = ""
+    plan: Any = None
+
+
+@runtime_checkable
+class AttemptPlan(Protocol):
+    """The retry/fallback policy of one request, supplied by a routing plugin in ``Route.plan``.
+
+    The pipeline runs the loop: before each attempt it awaits :meth:`next` with the previous
+    attempt's failure (None before the first) and the seconds left before the request's deadline;
+    the plan returns the deployment to try (after sleeping for backoff, if it wants) or None to stop,
+    in which case the last failure goes to the client. After each attempt the pipeline calls
+    :meth:`report`. For streams, attempts stop once the first event has reached the client.
+    """
+
+    async def next(self, failure: ProviderError | None, remaining: float) -> Deployment | None:
+        ...
+
+    def report(
+        self, deployment: Deployment, error: ProviderError | None, latency_s: float, first_token_s: float | None
+    ) -> None:
+        ...
+
+
+class SingleAttempt:
+    """The kernel's default plan: one attempt on the first deployment."""
+
+    __slots__ = ("_deployment",)
+
+    def __init__(self, deployment: Deployment) -> None:
+        self._deployment: Deployment | None = deployment
+
+    async def next(self, failure: ProviderError | None, remaining: float) -> Deployment | None:
+        deployment, self._deployment = self._deployment, None
+        return deployment
+
+    def report(
+        self, deployment: Deployment, error: ProviderError | None, latency_s: float, first_token_s: float | None
+    ) -> None:
+        return None
 
 
 class RouteTable:

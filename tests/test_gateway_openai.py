@@ -126,9 +126,12 @@ def _records(gateway: ServerThread, count: int) -> list[UsageRecord]:
 
 
 def test_chat_non_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream, gateway: ServerThread) -> None:
-    completion = client.chat.completions.create(
+    raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello gateway"}], seed=7, stop=["zzz"]
     )
+    assert raw.headers["x-sira-route"] == "provider-openai/gpt-4o-mini; attempts=1"
+    assert raw.headers["x-request-id"].startswith("req-")
+    completion = raw.parse()
     assert completion.choices[0].message.content == "Echo: Hello gateway"
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None and completion.usage.prompt_tokens == 2

@@ -255,3 +255,77 @@ async def test_model_kind_is_checked() -> None:
         with pytest.raises(RequestError, match="chat model"):
             await kernel.pipeline.embed(EmbeddingRequest(model="chat-model", input="x"), INFO)
         assert (await kernel.pipeline.embed(EmbeddingRequest(model="embed-model", input="x"), INFO)).data
+
+
+class Failover:
+    """A plan trying each deployment once, in order: the shape a routing plugin's plan takes."""
+
+    def __init__(self, deployments: Any) -> None:
+        self.left = list(deployments)
+        self.reports: list[tuple[str, str | None]] = []
+
+    async def next(self, failure: Any, remaining: float) -> Any:
+        return self.left.pop(0) if self.left else None
+
+    def report(self, deployment: Any, error: Any, latency_s: float, first_token_s: float | None) -> None:
+        self.reports.append((deployment.provider, None if error is None else error.code))
+
+
+class FailoverRouter:
+    sira_api = 1
+    plans: list[Failover] = []
+
+    @hookimpl
+    def sira_route(self, request: Any, principal: Any, routes: Any) -> Any:
+        from sira_kernel import Deployment, Route
+
+        plan = Failover([Deployment("first", "fake-1"), Deployment("second", "fake-1")])
+        FailoverRouter.plans.append(plan)
+        return Route(tuple(plan.left), reason="test failover", plan=plan)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_routing_plan_drives_retries_and_every_attempt_is_recorded(stream: bool) -> None:
+    plugins = {"router": FailoverRouter, "first": FakeProviderPlugin, "second": FakeProviderPlugin}
+    async with make_kernel(plugins) as kernel:
+        recorder = Recorder(kernel)
+        first, _ = kernel.snapshot.providers["first"]
+        first.fail = ProviderUnavailable("first is down", provider="first")  # type: ignore[attr-defined]
+        info = RequestInfo(method="POST", path="/", headers={})
+        if stream:
+            chat_stream = await kernel.pipeline.stream(chat(stream=True), info)
+            assert chat_stream.deployment.provider == "second"
+            [_ async for _ in chat_stream]
+            await chat_stream.aclose()
+        else:
+            await kernel.pipeline.chat(chat(), info)
+        assert info.route == "second/fake-1; attempts=2"
+        [record] = await recorder.settled(1)
+        assert record.status == 200 and record.attempts == 2 and record.provider == "second"
+        assert [(a.provider, a.status) for a in record.attempt_log] == [("first", 502), ("second", 200)]
+        assert FailoverRouter.plans[-1].reports == [("first", "upstream_unavailable"), ("second", None)]
+        assert_nothing_held(kernel)
+
+
+async def test_no_retry_once_a_stream_has_started() -> None:
+    plugins = {"router": FailoverRouter, "first": FakeProviderPlugin, "second": FakeProviderPlugin}
+    config = {"plugins": {"first": {"reply": "a b c d", "delay": 0.01}}}
+    async with make_kernel(plugins, config) as kernel:
+        recorder = Recorder(kernel)
+        chat_stream = await kernel.pipeline.stream(chat(stream=True), INFO)
+        assert chat_stream.deployment.provider == "first"
+        events = chat_stream.__aiter__()
+        await events.__anext__()  # StreamStart: the client has its first byte
+        chat_stream._events = _failing_after_start()  # the upstream dies mid-stream
+        rest = [event async for event in events]
+        await chat_stream.aclose()
+        assert isinstance(rest[-1], StreamError)
+        [record] = await recorder.settled(1)
+        assert record.attempts == 1 and record.status == 502
+        second, _ = kernel.snapshot.providers["second"]
+        assert second.calls == 0  # type: ignore[attr-defined]
+
+
+async def _failing_after_start() -> Any:
+    raise ProviderUnavailable("connection reset mid-stream", provider="first")
+    yield  # pragma: no cover - makes this an async generator

@@ -157,6 +157,11 @@ async def _unless_disconnected(receive: Receive, call: Callable[[], Awaitable[An
     return result
 
 
+def _route_header(info: RequestInfo) -> list[tuple[bytes, bytes]] | None:
+    """``x-sira-route: <provider>/<model>; attempts=<n>``: where the pipeline sent the request."""
+    return None if info.route is None else [(b"x-sira-route", info.route.encode())]
+
+
 class _Endpoint:
     """Base ASGI endpoint: bound to the plugin, which knows the running kernel."""
 
@@ -189,13 +194,14 @@ class ChatCompletions(_Endpoint):
         info = _request_info(scope)
         if not request.stream:
             response = await _unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
-            await _send_json(scope, send, 200, _encode(response))
+            await _send_json(scope, send, 200, _encode(response), _route_header(info))
             return
         stream = await _unless_disconnected(receive, lambda: kernel.pipeline.stream(request, info))
-        await self._relay(scope, receive, send, stream, request.model, request.include_usage)
+        await self._relay(scope, receive, send, stream, request.include_usage, _route_header(info))
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, stream: ChatStream, model: str, include_usage: bool
+        self, scope: Scope, receive: Receive, send: Send, stream: ChatStream, include_usage: bool,
+        extra_headers: list[tuple[bytes, bytes]] | None,
     ) -> None:
         client_gone = False
         finished = False
@@ -213,7 +219,7 @@ class ChatCompletions(_Endpoint):
                             return
 
                 tg.start_soon(watch_disconnect)
-                failed = await self._write(scope, send, stream, model, include_usage)
+                failed = await self._write(scope, send, stream, include_usage, extra_headers)
                 finished = True
                 await send({"type": "http.response.body", "body": b"" if failed else DONE, "more_body": False})
                 tg.cancel_scope.cancel()
@@ -223,12 +229,17 @@ class ChatCompletions(_Endpoint):
             await stream.aclose(client_gone=client_gone)
 
     @staticmethod
-    async def _write(scope: Scope, send: Send, stream: ChatStream, model: str, include_usage: bool) -> bool:
+    async def _write(
+        scope: Scope, send: Send, stream: ChatStream, include_usage: bool,
+        extra_headers: list[tuple[bytes, bytes]] | None,
+    ) -> bool:
         """Send the response head and every event; return True when the stream ended in an error."""
         events = stream.__aiter__()
         start = await events.__anext__()
         encoder = ChunkEncoder(start, include_usage)  # type: ignore[arg-type]
         headers = [*_SSE_HEADERS, (b"x-request-id", scope.get("sira.request_id", "").encode())]
+        if extra_headers:
+            headers.extend(extra_headers)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": encoder.first(), "more_body": True})
         try:
@@ -252,7 +263,7 @@ class Embeddings(_Endpoint):
         request = decode_embeddings(body)
         info = _request_info(scope)
         response = await _unless_disconnected(receive, lambda: kernel.pipeline.embed(request, info))
-        await _send_json(scope, send, 200, _encode(response))
+        await _send_json(scope, send, 200, _encode(response), _route_header(info))
 
 
 def _model_entry(model: Any) -> dict[str, Any]:
