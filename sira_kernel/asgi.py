@@ -114,8 +114,12 @@ def build_apps(
 ) -> dict[str, ASGIApp]:
     """One ASGI app per listener ("public", "admin") for a snapshot."""
     apps: dict[str, ASGIApp] = {}
+    from .admin import AdminGuard, admin_routes
+
     for listener in ("public", "admin"):
-        built: list[Route | WebSocketRoute] = [*_health_routes(kernel)] if listener == "public" else []
+        built: list[Route | WebSocketRoute] = [*_health_routes(kernel)] if listener == "public" else [
+            *admin_routes(kernel)
+        ]
         for spec in routes:
             if spec.listener != listener:
                 continue
@@ -130,6 +134,8 @@ def build_apps(
                 route.app = _leased(route.app, handle)
             built.append(route)
         app: ASGIApp = Router(routes=built, default=_not_found)
+        if listener == "admin":
+            app = AdminGuard(app, kernel)  # inside plugin middleware, before any admin route
         for mw in reversed(middleware):  # lowest order ends up outermost
             app = mw.cls(app, *mw.args, **mw.kwargs)
         apps[listener] = app
@@ -139,12 +145,17 @@ def build_apps(
 class KernelApp:
     """The ASGI application uvicorn serves: kernel lifespan plus dispatch to the current snapshot.
 
-    ``factory`` builds the kernel at startup (so each worker process builds its own).
+    ``factory`` builds the kernel at startup (so each worker process builds its own). One server
+    may listen on several sockets: connections arriving on a port in ``admin_ports`` go to the
+    admin app, every other one to the public app.
     """
 
-    def __init__(self, factory: Callable[[], Kernel], listener: str = "public") -> None:
+    def __init__(
+        self, factory: Callable[[], Kernel], listener: str = "public", admin_ports: frozenset[int] = frozenset()
+    ) -> None:
         self._factory = factory
         self.listener = listener
+        self.admin_ports = admin_ports
         self.kernel: Kernel | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -161,7 +172,12 @@ class KernelApp:
         request_id = next_request_id()
         scope["sira.request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        await kernel.snapshot.apps[self.listener](scope, receive, send)
+        listener = self.listener
+        if self.admin_ports:
+            server = scope.get("server")
+            if server is not None and server[1] in self.admin_ports:
+                listener = "admin"
+        await kernel.snapshot.apps[listener](scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -62,20 +62,32 @@ def _apply_overrides(config: KernelConfig, args: argparse.Namespace) -> None:
         config.server.port = args.port
     if getattr(args, "workers", None) is not None:
         config.server.workers = args.workers
+    if getattr(args, "admin_port", None) is not None:
+        config.server.admin_port = args.admin_port
+    if getattr(args, "no_admin", False):
+        config.server.admin = False
 
 
-def _check_port(host: str, port: int) -> None:
+def _bind(host: str, port: int, what: str = "port") -> socket.socket:
+    """Bind a listening socket, or fail with one clear line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise CLIError(f"port {port} on {host} is already in use") from None
-            if err.errno == errno.EADDRNOTAVAIL:
-                raise CLIError(f"cannot bind {host}:{port}: address not available on this machine") from None
-            raise CLIError(f"cannot bind {host}:{port}: {err.strerror}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise CLIError(f"{what} {port} on {host} is already in use") from None
+        if err.errno == errno.EADDRNOTAVAIL:
+            raise CLIError(f"cannot bind {host}:{port}: address not available on this machine") from None
+        raise CLIError(f"cannot bind {host}:{port}: {err.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _check_port(host: str, port: int, what: str = "port") -> None:
+    _bind(host, port, what).close()
 
 
 # -- serve -------------------------------------------------------------------------------------------
@@ -83,14 +95,21 @@ def _check_port(host: str, port: int) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     config = _load(args)
     _apply_overrides(config, args)
     server = config.server
-    _check_port(server.host, server.port)
+    sockets = [_bind(server.host, server.port)]
+    if server.admin:
+        if (server.admin_host, server.admin_port) == (server.host, server.port):
+            raise CLIError("server.admin_port must differ from server.port")
+        sockets.append(_bind(server.admin_host, server.admin_port, "admin port"))
     os.environ[CONFIG_ENV] = os.path.abspath(_config_path(args))
     os.environ["SIRA_SERVER_HOST"] = server.host
     os.environ["SIRA_SERVER_PORT"] = str(server.port)
+    os.environ["SIRA_ADMIN_PORT"] = str(server.admin_port)
+    os.environ["SIRA_ADMIN"] = "1" if server.admin else "0"
     try:
         import uvloop  # noqa: F401
 
@@ -103,12 +122,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http = "httptools"
     except ImportError:  # pragma: no cover
         http = "h11"
-    uvicorn.run(
+    uv_config = uvicorn.Config(
         "sira_kernel.server:create_app",
         factory=True,
         host=server.host,
         port=server.port,
-        workers=server.workers if server.workers > 1 else None,
+        workers=server.workers,
         loop=loop,
         http=http,
         lifespan="on",
@@ -117,6 +136,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(server.graceful_timeout),
         server_header=False,
     )
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        print(f"sira: serving {'admin API' if sock is not sockets[0] else 'API'} on http://{host}:{port}",
+              file=sys.stderr)
+    try:
+        if server.workers > 1:
+            Multiprocess(uv_config, sockets=sockets).run()
+        else:
+            uvicorn.Server(uv_config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     return EXIT_OK
 
 
@@ -291,11 +322,15 @@ def cmd_start(args: argparse.Namespace) -> int:
     if running:
         raise CLIError(f"sira is already running (pid {running}, {pid_file})")
     _check_port(config.server.host, config.server.port)
+    if config.server.admin:
+        _check_port(config.server.admin_host, config.server.admin_port, "admin port")
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     log_path = pid_file.parent / "sira.log"
     command = [sys.executable, "-m", "sira_kernel", "serve", "--config", os.path.abspath(_config_path(args)),
                "--host", config.server.host, "--port", str(config.server.port),
-               "--workers", str(config.server.workers)]
+               "--workers", str(config.server.workers), "--admin-port", str(config.server.admin_port)]
+    if not config.server.admin:
+        command.append("--no-admin")
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -381,6 +416,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--host", help="address to listen on (overrides server.host)")
         p.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
         p.add_argument("--workers", type=int, help="worker processes (overrides server.workers)")
+        p.add_argument("--admin-port", type=int, help="admin listener port (overrides server.admin_port)")
+        p.add_argument("--no-admin", action="store_true", help="do not serve the admin listener")
 
     serve = with_config(sub.add_parser("serve", help="run the gateway in the foreground"))
     with_server(serve)

@@ -93,6 +93,10 @@ class ServerConfig(_Section):
     port: Port = 8080
     workers: PositiveInt = 1
     master_key: Secret | None = None
+    admin: bool = True
+    """Serve the admin listener (admin API: plugins, and what plugins register there)."""
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 8081
     access_log: bool = False
     graceful_timeout: Seconds = 30.0
 

@@ -23,10 +23,15 @@ def create_app() -> KernelApp:
     """The ASGI app for one worker: loads the config named by ``$SIRA_CONFIG`` (or ./kernel.toml)."""
     path = os.environ.get(CONFIG_ENV) or "kernel.toml"
     config = load_config(path)
-    overrides = {k: os.environ.get(f"SIRA_SERVER_{k.upper()}") for k in ("host", "port")}
-    if overrides["host"]:
-        config.server.host = overrides["host"]
-    if overrides["port"]:
-        config.server.port = int(overrides["port"])
+    env = os.environ.get
+    if env("SIRA_SERVER_HOST"):
+        config.server.host = env("SIRA_SERVER_HOST", "")
+    if env("SIRA_SERVER_PORT"):
+        config.server.port = int(env("SIRA_SERVER_PORT", "0"))
+    if env("SIRA_ADMIN_PORT"):
+        config.server.admin_port = int(env("SIRA_ADMIN_PORT", "0"))
+    if env("SIRA_ADMIN") == "0":
+        config.server.admin = False
     configure_logging(config.logging.format, config.logging.level)
-    return KernelApp(lambda: kernel_factory(config))
+    admin_ports = frozenset({config.server.admin_port}) if config.server.admin else frozenset()
+    return KernelApp(lambda: kernel_factory(config), admin_ports=admin_ports)

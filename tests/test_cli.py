@@ -36,6 +36,7 @@ def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
         [server]
         host = "127.0.0.1"
         port = {port}
+        admin_port = {free_port()}
         graceful_timeout = 20
 
         [logging]
@@ -137,6 +138,36 @@ def test_serve_port_in_use_is_one_clear_line(tmp_path: Path, port: int) -> None:
         result = run("serve", "--config", str(write_config(tmp_path, port)))
     assert result.returncode == 2
     assert result.stderr.strip() == f"sira: error: port {port} on 127.0.0.1 is already in use"
+
+
+def test_serve_admin_port_in_use_is_one_clear_line(tmp_path: Path, port: int) -> None:
+    admin = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", admin))
+        busy.listen()
+        result = run("serve", "--config", str(write_config(tmp_path, port)), "--admin-port", str(admin))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"sira: error: admin port {admin} on 127.0.0.1 is already in use"
+
+
+def test_serve_admin_listener_answers_only_the_master_key(tmp_path: Path, port: int) -> None:
+    admin = free_port()
+    config = write_config(tmp_path, port)
+    key = 'master_key = "sk-cli-master-0123"'
+    config.write_text(config.read_text().replace("graceful_timeout = 20", f"graceful_timeout = 20\n{key}"))
+    process = subprocess.Popen([*SIRA, "serve", "--config", str(config), "--admin-port", str(admin)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process)
+        url = f"http://127.0.0.1:{admin}/api/v1/plugins"
+        assert httpx.get(url).status_code == 401
+        listed = httpx.get(url, headers={"authorization": "Bearer sk-cli-master-0123"})
+        assert listed.status_code == 200
+        assert {p["id"] for p in listed.json()["plugins"]} >= {"api-openai", "provider-mock"}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/plugins").status_code in (401, 404)
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
 
 
 def test_serve_answers_and_sigterm_drains_open_stream(served: tuple[subprocess.Popen[str], str]) -> None:

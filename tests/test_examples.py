@@ -26,7 +26,8 @@ def repo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`sira serve` with the repository's own kernel.toml, as `make serve` runs it (on a free port)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    process = subprocess.Popen([*SIRA, "serve", "--config", "kernel.toml", "--port", str(port)], cwd=REPO,
+    command = [*SIRA, "serve", "--config", "kernel.toml", "--port", str(port), "--admin-port", str(free_port())]
+    process = subprocess.Popen(command, cwd=REPO,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -202,14 +202,20 @@ class _Server(uvicorn.Server):
 class ServerThread:
     """Serve a kernel over HTTP on 127.0.0.1 from a background thread.
 
-    ``with ServerThread(lambda: make_kernel(...)) as server:`` → ``server.base_url``,
-    ``server.kernel`` and ``server.call(async_fn, *args)`` to run on the server's event loop.
+    ``with ServerThread(lambda: make_kernel(...)) as server:`` → ``server.base_url`` (public API),
+    ``server.admin_url`` (admin listener), ``server.kernel`` and ``server.call(async_fn, *args)`` to run
+    on the server's event loop.
     """
 
-    def __init__(self, factory: Callable[[], Kernel], port: int | None = None, listener: str = "public") -> None:
-        self.app = KernelApp(factory, listener)
+    def __init__(
+        self, factory: Callable[[], Kernel], port: int | None = None, listener: str = "public",
+        admin_port: int | None = None,
+    ) -> None:
         self.port = port or free_port()
+        self.admin_port = admin_port or free_port()
+        self.app = KernelApp(factory, listener, admin_ports=frozenset({self.admin_port}))
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.admin_url = f"http://127.0.0.1:{self.admin_port}"
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
             loop="asyncio", http="h11", lifespan="on", timeout_graceful_shutdown=5,
@@ -227,9 +233,17 @@ class ServerThread:
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
+        sockets = []
+        for port in (self.port, self.admin_port):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            sockets.append(sock)
         try:
-            loop.run_until_complete(self._server.serve())
+            loop.run_until_complete(self._server.serve(sockets=sockets))
         finally:
+            for sock in sockets:
+                sock.close()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 

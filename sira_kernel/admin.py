@@ -1,0 +1,131 @@
+"""The admin listener: its guard and the kernel's own admin endpoints.
+
+The admin listener (``server.admin_host``:``server.admin_port``, loopback by default) serves only
+routes registered with ``listener="admin"``. Every request on it is authenticated through the same
+``sira_authenticate`` chain as the public API and must come from a principal holding the ``admin``
+role (the master key has it); anything else is a 401 or 403 before any route runs. Mutations are
+POST/PUT/DELETE only.
+
+The kernel's own endpoints, under ``/api/v1``:
+
+* ``GET /api/v1/plugins`` — every plugin: state, generation, leases, reason
+* ``POST /api/v1/plugins/{id}/load`` — hot-load (rescans installed distributions)
+* ``POST /api/v1/plugins/{id}/unload`` — drain and unload (``?drain_timeout=seconds``)
+* ``POST /api/v1/plugins/{id}/reload`` — make-before-break replacement with the current config
+* ``GET /api/v1/health`` — the kernel health report
+* ``GET /api/v1/bus`` — per-subscription queue statistics
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .auth import RequestInfo
+from .errors import AuthorizationDenied, RequestError, SiraError
+
+if TYPE_CHECKING:
+    from .asgi import ASGIApp, Receive, Scope, Send
+    from .kernel import Kernel
+
+__all__ = ["ADMIN_ROLE", "AdminGuard", "admin_routes"]
+
+ADMIN_ROLE = "admin"
+_encode = msgspec.json.encode
+
+
+def _error(exc: SiraError) -> Response:
+    body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
+    return Response(_encode(body), status_code=exc.status, media_type="application/json")
+
+
+def request_info(scope: Scope, surface: str) -> RequestInfo:
+    """RequestInfo from an ASGI scope: raw path, lower-cased headers, client address, request id."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    client = scope.get("client")
+    return RequestInfo(
+        method=scope.get("method", "GET"),
+        path=scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
+        headers=headers,
+        client=client[0] if client else None,
+        surface=surface,
+        request_id=scope.get("sira.request_id", ""),
+    )
+
+
+class AdminGuard:
+    """Wraps the admin app: authenticate every request, require the admin role, fail closed."""
+
+    def __init__(self, app: ASGIApp, kernel: Kernel) -> None:
+        self.app = app
+        self.kernel = kernel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        info = request_info(scope, "admin")
+        pipeline = self.kernel.pipeline
+        snap = self.kernel.snapshot
+        try:
+            principal = await pipeline.authenticate(snap, info)
+            if ADMIN_ROLE not in principal.roles:
+                raise AuthorizationDenied("the admin API needs a principal with the admin role")
+            await pipeline.authorize(snap, principal, info, "admin", None)
+        except SiraError as exc:
+            if scope["type"] == "http":
+                await _error(exc)(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        scope["sira.principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def admin_routes(kernel: Kernel) -> list[Route]:
+    """The kernel's own admin endpoints (plugins, health, bus)."""
+
+    def json(data: Any, status: int = 200) -> Response:
+        return Response(_encode(data), status_code=status, media_type="application/json")
+
+    async def plugins(request: Request) -> Response:
+        return json({"plugins": kernel.plugins.infos()})
+
+    async def operate(request: Request) -> Response:
+        plugin_id = request.path_params["plugin_id"]
+        action = request.path_params["action"]
+        try:
+            if action == "load":
+                info = await kernel.load(plugin_id)
+            elif action == "unload":
+                raw = request.query_params.get("drain_timeout")
+                try:
+                    drain = float(raw) if raw is not None else None
+                except ValueError:
+                    raise RequestError("drain_timeout must be a number of seconds", param="drain_timeout") from None
+                info = await kernel.unload(plugin_id, drain)
+            elif action == "reload":
+                info = await kernel.replace(plugin_id)
+            else:
+                raise RequestError(f"unknown action {action!r}: use load, unload or reload")
+        except SiraError as exc:
+            return _error(exc)
+        return json(info)
+
+    async def health(request: Request) -> Response:
+        report = await kernel.health()
+        return json(report, 200 if report.ready else 503)
+
+    async def bus(request: Request) -> Response:
+        return json({"published": kernel.bus.published, "subscriptions": kernel.bus.stats()})
+
+    return [
+        Route("/api/v1/plugins", plugins, methods=["GET"]),
+        Route("/api/v1/plugins/{plugin_id}/{action}", operate, methods=["POST"]),
+        Route("/api/v1/health", health, methods=["GET"]),
+        Route("/api/v1/bus", bus, methods=["GET"]),
+    ]

@@ -1,0 +1,82 @@
+"""The admin listener: fails closed, admin role only, hot load/unload/reload over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from sira_kernel import Principal, RequestInfo, hookimpl
+from sira_kernel.testing import FakeProviderPlugin, ServerThread, make_kernel
+
+MASTER = "sk-admin-test-master-0123"
+
+
+class Members:
+    """Authenticates "sk-member-…" as a plain member (no admin role)."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_authenticate(self, request: RequestInfo) -> Principal | None:
+        if request.bearer_token == "sk-member-0123456789":
+            return Principal(id="member", kind="key", roles=("member",))
+        return None
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerThread]:
+    config = {"server": {"master_key": MASTER}, "kernel": {"drain_timeout": 2.0}}
+    plugins = {"members": Members, "fake": FakeProviderPlugin}
+    enable = ["members", "fake", "api-openai"]  # the installed OpenAI surface
+    with ServerThread(lambda: make_kernel(plugins, config, enable=enable)) as running:
+        yield running
+
+
+def admin(server: ServerThread, method: str, path: str, key: str | None = MASTER) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(method, f"{server.admin_url}{path}", headers=headers, timeout=10)
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong-0123456789"])
+def test_admin_requires_credentials(server: ServerThread, key: str | None) -> None:
+    response = admin(server, "GET", "/api/v1/plugins", key)
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert admin(server, "GET", "/api/v1/no-such-route", key).status_code == 401  # even unknown paths
+
+
+def test_admin_refuses_non_admin_principals(server: ServerThread) -> None:
+    response = admin(server, "POST", "/api/v1/plugins/fake/unload", "sk-member-0123456789")
+    assert response.status_code == 403
+    assert server.kernel.plugins.handles["fake"].state.value == "active"
+
+
+def test_public_listener_serves_no_admin_route(server: ServerThread) -> None:
+    for path in ("/api/v1/plugins", "/api/v1/health", "/api/v1/bus"):
+        response = httpx.get(f"{server.base_url}{path}", headers={"authorization": f"Bearer {MASTER}"})
+        assert response.status_code == 404, path
+
+
+def test_plugins_unload_load_reload_over_http(server: ServerThread) -> None:
+    listed = {p["id"]: p["state"] for p in admin(server, "GET", "/api/v1/plugins").json()["plugins"]}
+    assert listed["fake"] == "active"
+    chat = {"model": "fake-1", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"authorization": f"Bearer {MASTER}"}
+    assert admin(server, "POST", "/api/v1/plugins/fake/unload?drain_timeout=1").json()["state"] == "stopped"
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=auth)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert admin(server, "POST", "/api/v1/plugins/fake/unload").status_code == 503  # not active any more
+    loaded = admin(server, "POST", "/api/v1/plugins/fake/load").json()
+    assert loaded["state"] == "active"
+    reloaded = admin(server, "POST", "/api/v1/plugins/fake/reload").json()
+    assert reloaded["generation"] > loaded["generation"]
+    assert httpx.post(f"{server.base_url}/v1/chat/completions", json=chat, headers=auth).status_code == 200
+    assert admin(server, "POST", "/api/v1/plugins/no-such-plugin/load").status_code == 422
+    assert admin(server, "POST", "/api/v1/plugins/fake/explode").status_code == 400
+    assert admin(server, "GET", "/api/v1/plugins/fake/unload").status_code == 405
+
+
+def test_health_and_bus_stats(server: ServerThread) -> None:
+    assert admin(server, "GET", "/api/v1/health").json()["ready"] is True
+    assert "subscriptions" in admin(server, "GET", "/api/v1/bus").json()
