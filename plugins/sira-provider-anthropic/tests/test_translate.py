@@ -38,7 +38,9 @@ def test_minimal_request() -> None:
 
 
 def test_stream_flag() -> None:
-    request = ChatRequest(model="m", messages=[user("hi")], stream=True, stream_options={"include_usage": True})
+    request = ChatRequest(
+        model="m", messages=[user("hi")], stream=True, stream_options={"include_usage": True}
+    )
     sent = to_anthropic(request, model="m", stream=True, config=AnthropicConfig())
     assert sent["stream"] is True
     assert "stream_options" not in sent  # Anthropic always streams usage
@@ -53,7 +55,9 @@ def test_stream_flag() -> None:
     ],
 )
 def test_max_tokens(fields: dict[str, Any], expected: int) -> None:
-    assert body(user("hi"), config=AnthropicConfig(default_max_tokens=1000), **fields)["max_tokens"] == expected
+    assert (
+        body(user("hi"), config=AnthropicConfig(default_max_tokens=1000), **fields)["max_tokens"] == expected
+    )
 
 
 def test_system_and_developer_messages_become_top_level_text_blocks() -> None:
@@ -88,7 +92,10 @@ def test_multi_turn_and_same_role_merging() -> None:
     )
     assert sent["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "three"}, {"type": "text", "text": "four"}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "three"}, {"type": "text", "text": "four"}],
+        },
         {"role": "user", "content": [{"type": "text", "text": "five"}]},
     ]
 
@@ -167,7 +174,11 @@ def test_tools_and_tool_choice() -> None:
         ("auto", None, {"type": "auto"}),
         ("none", None, {"type": "none"}),
         ("required", None, {"type": "any"}),
-        ({"type": "function", "function": {"name": "get_weather"}}, None, {"type": "tool", "name": "get_weather"}),
+        (
+            {"type": "function", "function": {"name": "get_weather"}},
+            None,
+            {"type": "tool", "name": "get_weather"},
+        ),
         (None, None, None),
         (None, False, {"type": "auto", "disable_parallel_tool_use": True}),
         ("required", False, {"type": "any", "disable_parallel_tool_use": True}),
@@ -209,7 +220,11 @@ def test_assistant_tool_calls_and_tool_results() -> None:
             "role": "user",  # consecutive tool results grouped into one user turn, with the next user text
             "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "18 degrees"},
-                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": "pong"}]},
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": [{"type": "text", "text": "pong"}],
+                },
                 {"type": "text", "text": "thanks"},
             ],
         },
@@ -240,7 +255,9 @@ def test_reasoning_with_a_signature_goes_back_as_a_thinking_block_first() -> Non
 
 
 def test_sampling_stop_and_user() -> None:
-    sent = body(user("hi"), temperature=0.2, top_p=0.9, stop="END", user="user-7", seed=3, presence_penalty=1.0)
+    sent = body(
+        user("hi"), temperature=0.2, top_p=0.9, stop="END", user="user-7", seed=3, presence_penalty=1.0
+    )
     assert (sent["temperature"], sent["top_p"], sent["stop_sequences"]) == (0.2, 0.9, ["END"])
     assert sent["metadata"] == {"user_id": "user-7"}
     assert "seed" not in sent and "presence_penalty" not in sent  # Anthropic has neither

@@ -287,9 +287,9 @@ class AnthropicProvider:
         total = ctx.total_timeout
         if config.total_timeout is not None:
             total = min(total, config.total_timeout)
+        first = min(first, total)  # so that a timeout names the deadline that really passed
         now = anyio.current_time()
-        end = now + total
-        return first, min(now + first, end), total, end
+        return first, now + first, total, now + total
 
     async def _send(
         self, request: httpx.Request, deadline: float, what: str, waited: float
