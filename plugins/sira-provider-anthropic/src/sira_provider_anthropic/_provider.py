@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, cast
 
@@ -183,6 +184,7 @@ class AnthropicProvider:
                 secrets=self._secrets,
                 fallback_id=ctx.request_id,
                 fallback_model=ctx.upstream_model,
+                created=int(time.time()),
             )
             failure: ProviderError | None = None
             limit = ctx.max_response_bytes

@@ -24,7 +24,6 @@ have one (newer API versions repeat the input counts there).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -87,6 +86,7 @@ class StreamParser:
         "_cache_write",
         "_calls",
         "_calls_with_arguments",
+        "_created",
         "_decoder",
         "_fallback_id",
         "_fallback_model",
@@ -102,13 +102,14 @@ class StreamParser:
     )
 
     def __init__(
-        self, *, provider: str, secrets: Iterable[str], fallback_id: str, fallback_model: str
+        self, *, provider: str, secrets: Iterable[str], fallback_id: str, fallback_model: str, created: int
     ) -> None:
         self._decoder = SSEDecoder()
         self._provider = provider
         self._secrets = tuple(secrets)
         self._fallback_id = fallback_id
         self._fallback_model = fallback_model
+        self._created = created  # Anthropic has no timestamp: the caller's clock at the request
         self._calls: dict[int, int] = {}  # content block index -> call_index of its tool_use
         self._calls_with_arguments: set[int] = set()  # block indexes that sent arguments
         self._input = self._output = self._cache_read = self._cache_write = 0
@@ -173,7 +174,7 @@ class StreamParser:
             StreamStart(
                 id=(message.id if message else "") or self._fallback_id,
                 model=(message.model if message else "") or self._fallback_model,
-                created=int(time.time()),
+                created=self._created,
             )
         )
         if message is not None:
