@@ -52,6 +52,7 @@ _CACHE_LIMIT = 1024
 #: ``batchEmbedContents`` takes at most this many requests; longer inputs go in several calls.
 EMBED_BATCH = 100
 _MAX_MODEL_PAGES = 20
+MODEL_PAGE_SIZE = 1000
 
 
 class _Embedding(msgspec.Struct):
@@ -196,7 +197,7 @@ class GeminiProvider:
         found: list[ModelInfo] = []
         token: str | None = None
         for _ in range(_MAX_MODEL_PAGES):
-            params = {"pageSize": "1000", **({"pageToken": token} if token else {})}
+            params = {"pageSize": str(MODEL_PAGE_SIZE), **({"pageToken": token} if token else {})}
             url = httpx.URL(f"{self._root}/models", params=params)
             request = httpx.Request(
                 "GET", url, headers=self._json_headers, extensions=self._timeouts(timeout)
