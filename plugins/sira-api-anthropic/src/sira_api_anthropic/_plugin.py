@@ -14,11 +14,13 @@ from sira_kernel import (
     Kernel,
     PluginContext,
     ProviderError,
+    RequestInfo,
     SiraError,
     StreamError,
     StreamStart,
     hookimpl,
 )
+from sira_kernel.accounting import TokenCounter
 from sira_kernel.logs import get_logger
 from sira_kernel.registrations import RouteRegistrar
 
@@ -36,7 +38,7 @@ from ._asgi import (
 from ._request import decode_messages
 from ._response import encode_message, error_body, error_status
 from ._stream import EventEncoder
-from ._tokens import TokenCounter, count_input_tokens
+from ._tokens import count_input_tokens
 
 __all__ = ["AnthropicSurfaceConfig", "AnthropicSurfacePlugin"]
 
@@ -66,6 +68,11 @@ async def _send_error(scope: Scope, send: Send, exc: SiraError) -> None:
         extra.append((b"x-should-retry", b"false"))  # the SDK would otherwise retry a 5xx
     body = error_body(error_type, exc.message, scope.get("sira.request_id", ""))
     await send_json(scope, send, status, body, extra)
+
+
+def _route_header(info: RequestInfo) -> list[tuple[bytes, bytes]] | None:
+    """``x-sira-route: <provider>/<model>; attempts=<n>``: where the pipeline sent the request."""
+    return None if info.route is None else [(b"x-sira-route", info.route.encode())]
 
 
 class _Endpoint:
@@ -109,13 +116,13 @@ class Messages(_Endpoint):
         info = request_info(scope)
         if not request.stream:
             response = await unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
-            await send_json(scope, send, 200, encode_message(response))
+            await send_json(scope, send, 200, encode_message(response), _route_header(info))
             return
         stream = await unless_disconnected(receive, lambda: kernel.pipeline.stream(request, info))
-        await self._relay(scope, receive, send, stream, request)
+        await self._relay(scope, receive, send, stream, request, info)
 
     async def _relay(
-        self, scope: Scope, receive: Receive, send: Send, stream: ChatStream, request: ChatRequest
+        self, scope: Scope, receive: Receive, send: Send, stream: ChatStream, request: ChatRequest, info: RequestInfo
     ) -> None:
         client_gone = False
         finished = False
@@ -134,7 +141,7 @@ class Messages(_Endpoint):
 
                 tg.start_soon(watch_disconnect)
                 try:
-                    last = await self._write(scope, send, stream, request)
+                    last = await self._write(scope, send, stream, request, info)
                     finished = True
                     await send({"type": "http.response.body", "body": last, "more_body": False})
                 except OSError:  # the server could not write: the client is gone
@@ -144,14 +151,14 @@ class Messages(_Endpoint):
             await stream.aclose(client_gone=client_gone)
 
     @staticmethod
-    async def _write(scope: Scope, send: Send, stream: ChatStream, request: ChatRequest) -> bytes:
+    async def _write(scope: Scope, send: Send, stream: ChatStream, request: ChatRequest, info: RequestInfo) -> bytes:
         """Send the head and every event; return the bytes that end the stream."""
         request_id = scope.get("sira.request_id", "")
         events = stream.__aiter__()
         first = await events.__anext__()
         start = first if isinstance(first, StreamStart) else StreamStart(id=request_id, model=request.model)
         encoder = EventEncoder(start)
-        headers = [*_SSE_HEADERS, *request_id_headers(scope)]
+        headers = [*_SSE_HEADERS, *request_id_headers(scope), *(_route_header(info) or ())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         head = encoder.start() if first is start else encoder.start() + encoder.encode(first)
         await send({"type": "http.response.body", "body": head, "more_body": True})
@@ -189,7 +196,7 @@ class CountTokens(_Endpoint):
             await pipeline.authorize(snap, principal, info, "count_tokens", request.model)
             route = await pipeline.route(snap, request, principal)  # an unknown model is a 404, as upstream
             counter = kernel.services.find(TokenCounter)  # type: ignore[type-abstract]
-            return await count_input_tokens(counter, request, route.deployments[0])
+            return count_input_tokens(counter, request, route.deployments[0])
 
         tokens = await unless_disconnected(receive, count)
         await send_json(scope, send, 200, _encode({"input_tokens": tokens}))

@@ -22,8 +22,11 @@ Mapping (Anthropic → kernel, OpenAI-shaped):
   ``parallel_tool_calls: false``.
 * ``max_tokens`` (required, as Anthropic requires it) → ``max_tokens``; ``stop_sequences`` →
   ``stop``; ``temperature``, ``top_p``; ``metadata.user_id`` → ``user``; ``stream``.
-* ``top_k``, ``thinking``, metadata keys other than ``user_id`` and every unknown top-level field →
-  ``extra`` (passed through to providers that accept them).
+* ``output_config.format`` (structured outputs, ``{"type": "json_schema", "schema"}``) →
+  ``response_format`` ``{"type": "json_schema", "json_schema": {"name": "output", "schema"}}``.
+* ``top_k``, ``thinking``, the rest of ``output_config`` (``effort``), metadata keys other than
+  ``user_id`` and every unknown top-level field → ``extra`` (passed through to providers that
+  accept them; an OpenAI upstream may reject Anthropic-only ones, and says so).
 * ``cache_control`` and other per-block annotations are ignored.
 
 Errors are :class:`~sira_kernel.RequestError` (400) whose message names the field the way
@@ -142,6 +145,7 @@ class MessagesRequest(msgspec.Struct):
     tool_choice: ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone | None = None
     metadata: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
 
 
 KNOWN_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(MessagesRequest))
@@ -330,6 +334,25 @@ def _tools(tools: list[Tool]) -> list[dict[str, Any]]:
     return converted
 
 
+def _response_format(output_config: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Structured outputs: ``output_config.format`` becomes OpenAI's ``response_format``."""
+    if not output_config:
+        return None
+    rest = {k: v for k, v in output_config.items() if k != "format"}
+    if rest:
+        extra["output_config"] = rest
+    output_format = output_config.get("format")
+    if output_format is None:
+        return None
+    valid = isinstance(output_format, dict) and output_format.get("type") == "json_schema"
+    schema = output_format.get("schema") if valid else None
+    if not isinstance(schema, dict):
+        raise RequestError(
+            'output_config.format: expected {"type": "json_schema", "schema": {...}}', param="output_config.format"
+        )
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+
 def to_chat_request(wire: MessagesRequest, extra: dict[str, Any]) -> ChatRequest:
     """Translate a decoded Messages request; ``extra`` holds the fields that pass through."""
     if not wire.messages:
@@ -378,6 +401,7 @@ def to_chat_request(wire: MessagesRequest, extra: dict[str, Any]) -> ChatRequest
         rest = {k: v for k, v in metadata.items() if k != "user_id"}
         if rest:
             extra["metadata"] = rest
+    response_format = _response_format(wire.output_config, extra)
     if wire.top_k is not None:
         extra["top_k"] = wire.top_k
     if wire.thinking is not None:
@@ -392,6 +416,7 @@ def to_chat_request(wire: MessagesRequest, extra: dict[str, Any]) -> ChatRequest
         tools=_tools(wire.tools) if wire.tools else None,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel_tool_calls,
+        response_format=response_format,
         stop=wire.stop_sequences or None,
         max_tokens=wire.max_tokens,
         temperature=wire.temperature,
