@@ -582,7 +582,7 @@ def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: anthropic
                                                             "input": [1]}]}]),
          400, invalid, "messages.0.content.0.input: Input should be an object"),
         (body(tools=[{"name": "t"}]), 400, invalid, "tools.0.input_schema: Field required"),
-        (body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), 400, invalid, "tools.0.type"),
+        (body(tools=[{"name": "t", "input_schema": "{}"}]), 400, invalid, "tools.0.input_schema"),
         (body(tool_choice={"type": "sometimes"}), 400, invalid, "tool_choice.type: Invalid value 'sometimes'"),
         (body(metadata={"user_id": 5}), 400, invalid, "metadata.user_id"),
         (body(temperature="hot"), 400, invalid, "temperature: Expected `float | null`"),

@@ -37,10 +37,39 @@ def test_plain_text_request() -> None:
 
 def test_system_string_and_text_blocks() -> None:
     assert decode(system="Be brief.").messages[0] == Message(role="system", content="Be brief.")
-    blocks = [{"type": "text", "text": "One.", "cache_control": {"type": "ephemeral"}},
-              {"type": "text", "text": "Two."}]
+    blocks = [{"type": "text", "text": "One."}, {"type": "text", "text": "Two."}]
     assert decode(system=blocks).messages[0] == Message(role="system", content="One.\nTwo.")
     assert decode(system="").messages[0].role == "user"
+
+
+EPHEMERAL = {"type": "ephemeral"}
+
+
+def test_cache_control_marks_are_kept_on_parts_results_and_tools() -> None:
+    system = [{"type": "text", "text": "Long rules.", "cache_control": EPHEMERAL}, {"type": "text", "text": "More."}]
+    content = [
+        {"type": "tool_result", "tool_use_id": "t1", "content": "42", "cache_control": EPHEMERAL},
+        {"type": "text", "text": "go on", "cache_control": EPHEMERAL},
+    ]
+    tools = [{"name": "f", "input_schema": {"type": "object"}, "cache_control": EPHEMERAL}]
+    request = decode(system=system, tools=tools, messages=[{"role": "user", "content": content}])
+    assert request.messages == [
+        Message(role="system", content=[{"type": "text", "text": "Long rules.", "cache_control": EPHEMERAL},
+                                        {"type": "text", "text": "More."}]),
+        Message(role="tool", content=[{"type": "text", "text": "42", "cache_control": EPHEMERAL}], tool_call_id="t1"),
+        Message(role="user", content=[{"type": "text", "text": "go on", "cache_control": EPHEMERAL}]),
+    ]
+    assert request.tools is not None and request.tools[0]["cache_control"] == EPHEMERAL
+
+    body = {"model": "m", "max_tokens": 5, "system": system, "tools": tools,
+            "messages": [{"role": "user", "content": content}]}
+    dropped = decode_messages(json.dumps(body).encode(), cache_control=False)
+    assert dropped.messages == [
+        Message(role="system", content="Long rules.\nMore."),
+        Message(role="tool", content="42", tool_call_id="t1"),
+        Message(role="user", content="go on"),
+    ]
+    assert dropped.tools is not None and "cache_control" not in dropped.tools[0]
 
 
 def test_user_blocks_become_content_parts() -> None:
@@ -126,16 +155,18 @@ def test_assistant_tool_use_only_has_null_content_and_prefill_stays_exact() -> N
 
 
 def test_tools_and_tool_choice() -> None:
+    web_search = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
     tools = [
-        {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"},
-         "cache_control": {"type": "ephemeral"}},
+        {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}},
         {"type": "custom", "name": "get_time", "input_schema": {"type": "object", "properties": {}}},
+        web_search,
     ]
     request = decode(tools=tools)
     assert request.tools == [
         {"type": "function", "function": {"name": "get_weather", "description": "Weather",
                                           "parameters": {"type": "object"}}},
         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+        web_search,  # a server tool passes through whole, for an Anthropic upstream
     ]
     assert (request.tool_choice, request.parallel_tool_calls) == (None, None)
     cases = [
@@ -214,7 +245,14 @@ def test_count_only_needs_no_max_tokens_and_passes_nothing_through() -> None:
         ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "t"}]},
          "tools.0.input_schema: Field required"),
         ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
-          "tools": [{"type": "bash_20250124", "name": "bash"}]}, "tools.0.type: the server tool 'bash_20250124'"),
+          "tools": [{"input_schema": {}}]}, "tools.0.name: Field required"),
+        ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"name": "t", "input_schema": "{}"}]}, "tools.0.input_schema: Input has the wrong type"),
+        ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
+          "tools": [{"name": "t", "input_schema": {}, "description": 5}]},
+         "tools.0.description: Input has the wrong type"),
+        ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}], "tools": ["t"]},
+         "tools.0: Expected `object`, got `str`"),
         ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],
           "tool_choice": {"type": "tool"}}, "tool_choice.name: Field required"),
         ({"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}],

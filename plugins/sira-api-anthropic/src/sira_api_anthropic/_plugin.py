@@ -57,6 +57,10 @@ class AnthropicSurfaceConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields
     prefixes: list[str] = msgspec.field(default_factory=lambda: ["/v1"])
     """Path prefixes the routes are served under (the ``anthropic`` SDK's base URL is the part
     before ``/v1``)."""
+    cache_control: bool = True
+    """Keep Anthropic's prompt-caching marks (``cache_control``) on content parts and tools, for
+    providers that honour them (``provider-anthropic``). Turn off when every upstream is an
+    OpenAI-compatible server that refuses unknown keys in messages."""
 
 
 async def _send_error(scope: Scope, send: Send, exc: SiraError) -> None:
@@ -112,7 +116,7 @@ class Messages(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
         body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
-        request = decode_messages(body)
+        request = decode_messages(body, cache_control=self.plugin.config.cache_control)
         info = request_info(scope)
         if not request.stream:
             response = await unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
@@ -186,7 +190,7 @@ class CountTokens(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
         body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
-        request = decode_messages(body, count_only=True)
+        request = decode_messages(body, count_only=True, cache_control=self.plugin.config.cache_control)
         info = request_info(scope)
 
         async def count() -> int:

@@ -6,20 +6,25 @@ finds the top-level fields the surface does not model, which pass through in ``e
 
 Mapping (Anthropic → kernel, OpenAI-shaped):
 
-* ``system`` (string, or text blocks joined by ``"\\n"``) → a first ``system`` message.
+* ``system`` (string, or text blocks joined by ``"\n"``) → a first ``system`` message.
 * user ``text`` / ``image`` / ``document`` blocks → content parts (``text``; ``image_url`` with a
   ``data:`` URL or the image's URL; ``file`` for a base64 PDF, ``text`` for a text document). A
   user message that is a single text block becomes plain string content.
 * user ``tool_result`` blocks → ``tool`` messages (``tool_call_id``), placed before the rest of
-  that user message as OpenAI requires. Their text blocks are joined by ``"\\n"``; ``is_error``
+  that user message as OpenAI requires. Their text blocks are joined by ``"\n"``; ``is_error``
   prefixes ``"Error: "``; images in a result go to the user message that follows the results.
 * assistant ``text`` blocks → content (concatenated: Anthropic splits one reply's text into
   blocks, around citations for example); ``tool_use`` → ``tool_calls`` with JSON-string
-  arguments; ``thinking`` → ``reasoning_content`` + ``reasoning_signature``;
-  ``redacted_thinking`` is dropped (no OpenAI-format upstream can take it back).
-* ``tools`` (custom tools) → function tools; ``tool_choice`` auto/any/tool/none →
+  arguments (the client's JSON, not re-encoded); ``thinking`` → ``reasoning_content`` +
+  ``reasoning_signature``; ``redacted_thinking`` is dropped (the kernel has no place for it).
+* custom ``tools`` → function tools; server tools (``web_search_…``, ``bash_…``) pass through as
+  they are, for an Anthropic upstream. ``tool_choice`` auto/any/tool/none →
   ``"auto"``/``"required"``/named function/``"none"``; ``disable_parallel_tool_use`` →
   ``parallel_tool_calls: false``.
+* ``cache_control`` on text, image and document blocks, on ``tool_result`` blocks and on tools is
+  kept as a ``cache_control`` key of the part (or tool), which ``provider-anthropic`` turns back
+  into Anthropic's; a system prompt or tool result carrying one stays a list of text parts. The
+  plugin's ``cache_control = false`` drops them for upstreams that refuse unknown keys.
 * ``max_tokens`` (required, as Anthropic requires it) → ``max_tokens``; ``stop_sequences`` →
   ``stop``; ``temperature``, ``top_p``; ``metadata.user_id`` → ``user``; ``stream``.
 * ``output_config.format`` (structured outputs, ``{"type": "json_schema", "schema"}``) →
@@ -27,7 +32,6 @@ Mapping (Anthropic → kernel, OpenAI-shaped):
 * ``top_k``, ``thinking``, the rest of ``output_config`` (``effort``), metadata keys other than
   ``user_id`` and every unknown top-level field → ``extra`` (passed through to providers that
   accept them; an OpenAI upstream may reject Anthropic-only ones, and says so).
-* ``cache_control`` and other per-block annotations are ignored.
 
 Errors are :class:`~sira_kernel.RequestError` (400) whose message names the field the way
 Anthropic's API does (``messages.0.content.1.source.data: Field required``).
@@ -44,11 +48,13 @@ from sira_kernel import ChatRequest, Message, RequestError, ToolCall, ToolFuncti
 __all__ = ["MessagesRequest", "decode_messages", "to_chat_request"]
 
 # -- the wire format ---------------------------------------------------------------------------------
-# Unknown keys inside these objects (cache_control, citations, ...) are ignored by msgspec.
+# Unknown keys inside these objects (citations, ...) are ignored by msgspec. Tools stay plain dicts:
+# Anthropic's server tools (web_search, bash...) have shapes of their own and pass through whole.
 
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text"):
     text: str
+    cache_control: dict[str, Any] | None = None
 
 
 class Base64Source(msgspec.Struct, tag_field="type", tag="base64"):
@@ -67,11 +73,13 @@ class PlainTextSource(msgspec.Struct, tag_field="type", tag="text"):
 
 class ImageBlock(msgspec.Struct, tag_field="type", tag="image"):
     source: Base64Source | URLSource
+    cache_control: dict[str, Any] | None = None
 
 
 class DocumentBlock(msgspec.Struct, tag_field="type", tag="document"):
     source: Base64Source | URLSource | PlainTextSource
     title: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use"):
@@ -84,6 +92,7 @@ class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result"):
     tool_use_id: str
     content: str | list[TextBlock | ImageBlock | DocumentBlock] | None = None
     is_error: bool = False
+    cache_control: dict[str, Any] | None = None
 
 
 class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking"):
@@ -105,13 +114,6 @@ class InputMessage(msgspec.Struct):
     content: str | list[ContentBlock]
 
 
-class Tool(msgspec.Struct):
-    name: str
-    input_schema: dict[str, Any] | None = None
-    description: str | None = None
-    type: str | None = None
-
-
 class ToolChoiceAuto(msgspec.Struct, tag_field="type", tag="auto"):
     disable_parallel_tool_use: bool = False
 
@@ -129,6 +131,9 @@ class ToolChoiceNone(msgspec.Struct, tag_field="type", tag="none"):
     pass
 
 
+ToolChoice = ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone
+
+
 class MessagesRequest(msgspec.Struct):
     """A ``POST /v1/messages`` (or ``count_tokens``) body, as far as the surface models it."""
 
@@ -141,8 +146,8 @@ class MessagesRequest(msgspec.Struct):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    tools: list[Tool] | None = None
-    tool_choice: ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = None
     metadata: dict[str, Any] | None = None
     thinking: dict[str, Any] | None = None
     output_config: dict[str, Any] | None = None
@@ -176,11 +181,11 @@ def _invalid(err: msgspec.ValidationError) -> RequestError:
     return RequestError(f"{path}: {message}", param=path)
 
 
-def decode_messages(body: bytes, *, count_only: bool = False) -> ChatRequest:
+def decode_messages(body: bytes, *, count_only: bool = False, cache_control: bool = True) -> ChatRequest:
     """Parse, validate and translate a Messages body.
 
     ``count_only`` is for ``count_tokens``: ``max_tokens`` is not required and nothing passes
-    through.
+    through. ``cache_control=False`` drops Anthropic's prompt-caching marks.
     """
     if not body:
         raise RequestError("the request body is empty; send a JSON object")
@@ -195,143 +200,178 @@ def decode_messages(body: bytes, *, count_only: bool = False) -> ChatRequest:
     except msgspec.ValidationError as err:
         raise _invalid(err) from None
     if count_only:
-        return to_chat_request(wire, {})
+        return to_chat_request(wire, {}, cache_control=cache_control)
     if wire.max_tokens is None:
         raise RequestError("max_tokens: Field required", param="max_tokens")
     extra = {name: _decode_any(raw) for name, raw in fields.items() if name not in KNOWN_FIELDS}
-    return to_chat_request(wire, extra)
+    return to_chat_request(wire, extra, cache_control=cache_control)
 
 
 # -- translation -------------------------------------------------------------------------------------
 
 
-def _image_part(source: Base64Source | URLSource) -> dict[str, Any]:
-    if isinstance(source, Base64Source):
-        url = f"data:{source.media_type};base64,{source.data}"
-    else:
-        url = source.url
-    return {"type": "image_url", "image_url": {"url": url}}
+class _Translator:
+    """One request's translation; ``cache`` says whether ``cache_control`` marks are kept."""
 
+    __slots__ = ("cache",)
 
-def _document_part(block: DocumentBlock, where: str) -> dict[str, Any]:
-    source = block.source
-    if isinstance(source, PlainTextSource):
-        return {"type": "text", "text": source.data}
-    if isinstance(source, Base64Source):
-        return {
-            "type": "file",
-            "file": {
-                "filename": block.title or "document.pdf",
-                "file_data": f"data:{source.media_type};base64,{source.data}",
-            },
-        }
-    raise RequestError(
-        f"{where}.source: documents by URL are not supported here; send the document as base64 or text",
-        param=f"{where}.source",
-    )
+    def __init__(self, cache: bool) -> None:
+        self.cache = cache
 
+    def _mark(self, part: dict[str, Any], cache_control: dict[str, Any] | None) -> dict[str, Any]:
+        if cache_control is not None and self.cache:
+            part["cache_control"] = cache_control
+        return part
 
-def _tool_result(block: ToolResultBlock, where: str, images: list[dict[str, Any]]) -> Message:
-    content = block.content
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    else:
-        texts = []
-        for j, item in enumerate(content):
-            if isinstance(item, TextBlock):
-                texts.append(item.text)
-            elif isinstance(item, ImageBlock):
-                images.append(_image_part(item.source))
-            else:
-                part = _document_part(item, f"{where}.content.{j}")
-                if part["type"] == "text":
-                    texts.append(part["text"])
+    def text(self, block: TextBlock) -> dict[str, Any]:
+        return self._mark({"type": "text", "text": block.text}, block.cache_control)
+
+    def image(self, block: ImageBlock) -> dict[str, Any]:
+        source = block.source
+        url = f"data:{source.media_type};base64,{source.data}" if isinstance(source, Base64Source) else source.url
+        return self._mark({"type": "image_url", "image_url": {"url": url}}, block.cache_control)
+
+    def document(self, block: DocumentBlock, where: str) -> dict[str, Any]:
+        source = block.source
+        if isinstance(source, PlainTextSource):
+            part: dict[str, Any] = {"type": "text", "text": source.data}
+        elif isinstance(source, Base64Source):
+            data_url = f"data:{source.media_type};base64,{source.data}"
+            part = {"type": "file", "file": {"filename": block.title or "document.pdf", "file_data": data_url}}
+        else:
+            raise RequestError(
+                f"{where}.source: documents by URL are not supported here; send the document as base64 or text",
+                param=f"{where}.source",
+            )
+        return self._mark(part, block.cache_control)
+
+    def system(self, system: str | list[TextBlock]) -> Message:
+        if isinstance(system, str):
+            return Message(role="system", content=system)
+        if self.cache and any(block.cache_control is not None for block in system):
+            return Message(role="system", content=[self.text(block) for block in system])
+        return Message(role="system", content="\n".join(block.text for block in system))
+
+    def tool_result(self, block: ToolResultBlock, where: str, attachments: list[dict[str, Any]]) -> Message:
+        """A ``tool`` message; images and files in the result are added to ``attachments``."""
+        content = block.content
+        texts: list[dict[str, Any]] = []
+        if isinstance(content, str):
+            texts.append({"type": "text", "text": content})
+        elif content:
+            for j, item in enumerate(content):
+                if isinstance(item, TextBlock):
+                    texts.append(self.text(item))
+                elif isinstance(item, ImageBlock):
+                    attachments.append(self.image(item))
                 else:
-                    images.append(part)
-        text = "\n".join(texts)
-    if block.is_error:
-        text = f"Error: {text}"
-    return Message(role="tool", content=text, tool_call_id=block.tool_use_id)
+                    part = self.document(item, f"{where}.content.{j}")
+                    (texts if part["type"] == "text" else attachments).append(part)
+        if block.is_error:
+            if texts:
+                texts[0]["text"] = f"Error: {texts[0]['text']}"
+            else:
+                texts.append({"type": "text", "text": "Error: "})
+        if texts and block.cache_control is not None and self.cache:
+            texts[-1]["cache_control"] = block.cache_control
+        if any("cache_control" in part for part in texts):
+            return Message(role="tool", content=texts, tool_call_id=block.tool_use_id)
+        return Message(role="tool", content="\n".join(part["text"] for part in texts), tool_call_id=block.tool_use_id)
 
-
-def _user_messages(blocks: list[ContentBlock], where: str, out: list[Message]) -> None:
-    parts: list[dict[str, Any]] = []
-    result_parts: list[dict[str, Any]] = []
-    for j, block in enumerate(blocks):
-        if isinstance(block, TextBlock):
-            parts.append({"type": "text", "text": block.text})
-        elif isinstance(block, ImageBlock):
-            parts.append(_image_part(block.source))
-        elif isinstance(block, ToolResultBlock):
-            out.append(_tool_result(block, f"{where}.{j}", result_parts))
-        elif isinstance(block, DocumentBlock):
-            parts.append(_document_part(block, f"{where}.{j}"))
+    def user(self, blocks: list[ContentBlock], where: str, out: list[Message]) -> None:
+        parts: list[dict[str, Any]] = []
+        attachments: list[dict[str, Any]] = []
+        for j, block in enumerate(blocks):
+            if isinstance(block, TextBlock):
+                parts.append(self.text(block))
+            elif isinstance(block, ImageBlock):
+                parts.append(self.image(block))
+            elif isinstance(block, ToolResultBlock):
+                out.append(self.tool_result(block, f"{where}.{j}", attachments))
+            elif isinstance(block, DocumentBlock):
+                parts.append(self.document(block, f"{where}.{j}"))
+            else:
+                kind = type(block).__struct_config__.tag
+                raise RequestError(
+                    f"{where}.{j}: '{kind}' blocks are only allowed in assistant messages", param=f"{where}.{j}"
+                )
+        parts = attachments + parts
+        if not parts:
+            return
+        if len(parts) == 1 and parts[0]["type"] == "text" and "cache_control" not in parts[0]:
+            out.append(Message(role="user", content=parts[0]["text"]))
         else:
-            kind = type(block).__struct_config__.tag
-            raise RequestError(
-                f"{where}.{j}: '{kind}' blocks are only allowed in assistant messages", param=f"{where}.{j}"
-            )
-    parts = result_parts + parts
-    if not parts:
-        return
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        out.append(Message(role="user", content=parts[0]["text"]))
-    else:
-        out.append(Message(role="user", content=parts))
+            out.append(Message(role="user", content=parts))
+
+    @staticmethod
+    def assistant(blocks: list[ContentBlock], where: str) -> Message:
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        reasoning: list[str] = []
+        signature: str | None = None
+        for j, block in enumerate(blocks):
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, ToolUseBlock):
+                arguments = bytes(block.input)
+                if not arguments.startswith(b"{"):
+                    raise RequestError(f"{where}.{j}.input: Input should be an object", param=f"{where}.{j}.input")
+                function = ToolFunction(name=block.name, arguments=arguments.decode())
+                calls.append(ToolCall(id=block.id, function=function))
+            elif isinstance(block, ThinkingBlock):
+                reasoning.append(block.thinking)
+                signature = block.signature or signature
+            elif isinstance(block, RedactedThinkingBlock):
+                continue
+            else:
+                kind = type(block).__struct_config__.tag
+                raise RequestError(
+                    f"{where}.{j}: '{kind}' blocks are only allowed in user messages", param=f"{where}.{j}"
+                )
+        return Message(
+            role="assistant",
+            content="".join(texts) if texts or not calls else None,
+            tool_calls=calls or None,
+            reasoning_content="".join(reasoning) if reasoning else None,
+            reasoning_signature=signature,
+        )
+
+    def tools(self, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        converted = []
+        for i, tool in enumerate(tools):
+            kind = tool.get("type")
+            if kind not in (None, "custom"):
+                converted.append(tool)  # a server tool (web_search...): only Anthropic upstreams take it
+                continue
+            name, schema, description = tool.get("name"), tool.get("input_schema"), tool.get("description")
+            for field, value, ok in (
+                ("name", name, isinstance(name, str)),
+                ("input_schema", schema, isinstance(schema, dict)),
+                ("description", description, description is None or isinstance(description, str)),
+            ):
+                if not ok:
+                    problem = "Field required" if value is None else "Input has the wrong type"
+                    raise RequestError(f"tools.{i}.{field}: {problem}", param=f"tools.{i}.{field}")
+            function: dict[str, Any] = {"name": name}
+            if description is not None:
+                function["description"] = description
+            function["parameters"] = schema
+            converted.append(self._mark({"type": "function", "function": function}, tool.get("cache_control")))
+        return converted
 
 
-def _assistant_message(blocks: list[ContentBlock], where: str) -> Message:
-    texts: list[str] = []
-    calls: list[ToolCall] = []
-    reasoning: list[str] = []
-    signature: str | None = None
-    for j, block in enumerate(blocks):
-        if isinstance(block, TextBlock):
-            texts.append(block.text)
-        elif isinstance(block, ToolUseBlock):
-            arguments = bytes(block.input)
-            if not arguments.startswith(b"{"):
-                raise RequestError(f"{where}.{j}.input: Input should be an object", param=f"{where}.{j}.input")
-            calls.append(ToolCall(id=block.id, function=ToolFunction(name=block.name, arguments=arguments.decode())))
-        elif isinstance(block, ThinkingBlock):
-            reasoning.append(block.thinking)
-            signature = block.signature or signature
-        elif isinstance(block, RedactedThinkingBlock):
-            continue
-        else:
-            kind = type(block).__struct_config__.tag
-            raise RequestError(
-                f"{where}.{j}: '{kind}' blocks are only allowed in user messages", param=f"{where}.{j}"
-            )
-    content: str | None = "".join(texts) if texts or not calls else None
-    return Message(
-        role="assistant",
-        content=content,
-        tool_calls=calls or None,
-        reasoning_content="".join(reasoning) if reasoning else None,
-        reasoning_signature=signature,
-    )
-
-
-def _tools(tools: list[Tool]) -> list[dict[str, Any]]:
-    converted = []
-    for i, tool in enumerate(tools):
-        if tool.type not in (None, "custom"):
-            raise RequestError(
-                f"tools.{i}.type: the server tool '{tool.type}' is not supported here; "
-                "declare a custom tool with an input_schema",
-                param=f"tools.{i}.type",
-            )
-        if tool.input_schema is None:
-            raise RequestError(f"tools.{i}.input_schema: Field required", param=f"tools.{i}.input_schema")
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        function["parameters"] = tool.input_schema
-        converted.append({"type": "function", "function": function})
-    return converted
+def _tool_choice(choice: ToolChoice | None) -> tuple[str | dict[str, Any] | None, bool | None]:
+    """OpenAI's ``tool_choice`` and ``parallel_tool_calls`` for Anthropic's ``tool_choice``."""
+    if choice is None:
+        return None, None
+    if isinstance(choice, ToolChoiceNone):
+        return "none", None
+    parallel = False if choice.disable_parallel_tool_use else None
+    if isinstance(choice, ToolChoiceAuto):
+        return "auto", parallel
+    if isinstance(choice, ToolChoiceAny):
+        return "required", parallel
+    return {"type": "function", "function": {"name": choice.name}}, parallel
 
 
 def _response_format(output_config: dict[str, Any] | None, extra: dict[str, Any]) -> dict[str, Any] | None:
@@ -353,45 +393,27 @@ def _response_format(output_config: dict[str, Any] | None, extra: dict[str, Any]
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
-def to_chat_request(wire: MessagesRequest, extra: dict[str, Any]) -> ChatRequest:
+def to_chat_request(wire: MessagesRequest, extra: dict[str, Any], *, cache_control: bool = True) -> ChatRequest:
     """Translate a decoded Messages request; ``extra`` holds the fields that pass through."""
     if not wire.messages:
         raise RequestError("messages: at least one message is required", param="messages")
+    translate = _Translator(cache_control)
     messages: list[Message] = []
-    system = wire.system
-    if system:
-        text = system if isinstance(system, str) else "\n".join(block.text for block in system)
-        messages.append(Message(role="system", content=text))
+    if wire.system:
+        messages.append(translate.system(wire.system))
     for i, message in enumerate(wire.messages):
         content = message.content
         where = f"messages.{i}.content"
-        if isinstance(content, list) and not content:
+        if isinstance(content, str):
+            messages.append(Message(role=message.role, content=content))
+        elif not content:
             raise RequestError(f"{where}: at least one content block is required", param=where)
-        if message.role == "user":
-            if isinstance(content, str):
-                messages.append(Message(role="user", content=content))
-            else:
-                _user_messages(content, where, messages)
-        elif isinstance(content, str):
-            messages.append(Message(role="assistant", content=content))
+        elif message.role == "user":
+            translate.user(content, where, messages)
         else:
-            messages.append(_assistant_message(content, where))
+            messages.append(translate.assistant(content, where))
 
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    choice = wire.tool_choice
-    if choice is not None:
-        if isinstance(choice, ToolChoiceAuto):
-            tool_choice = "auto"
-        elif isinstance(choice, ToolChoiceAny):
-            tool_choice = "required"
-        elif isinstance(choice, ToolChoiceTool):
-            tool_choice = {"type": "function", "function": {"name": choice.name}}
-        else:
-            tool_choice = "none"
-        if not isinstance(choice, ToolChoiceNone) and choice.disable_parallel_tool_use:
-            parallel_tool_calls = False
-
+    tool_choice, parallel_tool_calls = _tool_choice(wire.tool_choice)
     user: str | None = None
     metadata = wire.metadata
     if metadata:
@@ -413,7 +435,7 @@ def to_chat_request(wire: MessagesRequest, extra: dict[str, Any]) -> ChatRequest
         stream=wire.stream,
         # Anthropic always reports usage; ask every provider for it.
         stream_options={"include_usage": True} if wire.stream else None,
-        tools=_tools(wire.tools) if wire.tools else None,
+        tools=translate.tools(wire.tools) if wire.tools else None,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel_tool_calls,
         response_format=response_format,
