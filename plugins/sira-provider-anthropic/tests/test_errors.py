@@ -194,7 +194,8 @@ async def test_overloaded_event_mid_stream(provider: AnthropicProvider, fake: Fa
     assert (error.status, error.code, error.error_type) == (503, "upstream_overloaded", "api_error")
     assert "Overloaded" in error.message
     assert len(events) == 3
-    assert fake.completed_streams == 1  # Anthropic ends the stream itself after an error event
+    # Anthropic ends the stream itself after an error event.
+    assert await fake.wait_until_async(lambda: fake.completed_streams == 1)
 
 
 @pytest.mark.parametrize(

@@ -191,4 +191,4 @@ async def test_through_the_kernel_pipeline(fake: FakeAnthropicUpstream) -> None:
             await stream.aclose()
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Echo: streamed"
         assert any(isinstance(e, Usage) for e in events)
-        assert fake.completed_streams == 1
+        assert await fake.wait_until_async(lambda: fake.completed_streams == 1)

@@ -109,7 +109,7 @@ async def test_text_stream_in_order(provider: AnthropicProvider, fake: FakeAnthr
     sent = fake.requests[-1]
     assert sent.json["stream"] is True
     assert sent.headers["accept"] == "text/event-stream"
-    assert fake.completed_streams == 1
+    assert await fake.wait_until_async(lambda: fake.completed_streams == 1)
 
 
 async def test_events_arrive_before_the_upstream_finishes(
