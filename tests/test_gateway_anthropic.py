@@ -2,8 +2,9 @@
 
 Sira runs the installed ``api-anthropic`` surface next to ``api-openai``, with ``provider-openai``
 pointed at a fake OpenAI-format upstream (a real aiohttp server), a second ``provider-openai``
-instance (``reasoner``) at a fake that reasons, and ``provider-mock``: an Anthropic client reaches
-all of them through the same kernel pipeline.
+instance (``reasoner``) at a fake that reasons, ``provider-anthropic`` at a fake Anthropic API
+(which checks requests as strictly as the real one) and ``provider-mock``: an Anthropic client
+reaches all of them through the same kernel pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import pytest
 from sira_kernel import UsageRecord
 from sira_kernel.bus import Subscription
 from sira_kernel.testing import ServerThread, make_kernel
+from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream
+from sira_kernel.testing.fake_anthropic import Fault as AnthropicFault
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
 
 MASTER = "sk-test-master-0123456789"
@@ -47,10 +50,19 @@ def reasoning_upstream() -> Iterator[FakeOpenAIUpstream]:
         yield fake
 
 
-def _config(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def anthropic_upstream() -> Iterator[FakeAnthropicUpstream]:
+    with FakeAnthropicUpstream(api_key=UPSTREAM_KEY) as fake:
+        yield fake
+
+
+def _config(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream,
+            anthropic_upstream: FakeAnthropicUpstream) -> dict[str, Any]:
     return {
         "kernel": {
-            "plugins": ["api-openai", "api-anthropic", "provider-openai", "reasoner", "provider-mock"],
+            "plugins": [
+                "api-openai", "api-anthropic", "provider-openai", "reasoner", "provider-anthropic", "provider-mock",
+            ],
             "drain_timeout": 10.0, "stop_timeout": 2.0,
         },
         "server": {"master_key": MASTER},
@@ -63,6 +75,9 @@ def _config(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream
                 "base_url": upstream.base_url, "api_key": UPSTREAM_KEY, "models": ["gpt-4o-mini", "gpt-4o"],
             },
             "reasoner": {"use": "provider-openai", "base_url": reasoning_upstream.base_url, "models": ["think-1"]},
+            "provider-anthropic": {
+                "base_url": anthropic_upstream.base_url, "api_key": UPSTREAM_KEY, "models": ["claude-gateway-1"],
+            },
         },
     }
 
@@ -85,8 +100,10 @@ class UsageLog:
 
 
 @pytest.fixture(scope="module")
-def gateway(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream) -> Iterator[ServerThread]:
-    with ServerThread(lambda: make_kernel(config=_config(upstream, reasoning_upstream))) as server:
+def gateway(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream,
+            anthropic_upstream: FakeAnthropicUpstream) -> Iterator[ServerThread]:
+    config = _config(upstream, reasoning_upstream, anthropic_upstream)
+    with ServerThread(lambda: make_kernel(config=config)) as server:
         usage = UsageLog()
         sub = Subscription("test-usage", "usage.request", usage)
 
@@ -540,6 +557,70 @@ def test_provider_mock_failures(client: anthropic.Anthropic, gateway: ServerThre
     assert failed.value.status_code == 502
     statuses = sorted(r.status for r in _records(gateway, 3))
     assert statuses == [429, 502, 502]
+
+
+# -- provider-anthropic: Anthropic in, Anthropic out ---------------------------------------------------
+
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
+def test_anthropic_upstream_thinking_and_tool_use_round_trip(
+    client: anthropic.Anthropic, anthropic_upstream: FakeAnthropicUpstream
+) -> None:
+    """The fake only accepts thinking signatures it issued: a turn sent back through Sira twice
+    (upstream → kernel → client → kernel → upstream) must arrive unchanged."""
+    anthropic_upstream.reset()
+    question = {"role": "user", "content": "weather in Paris?"}
+    with client.messages.stream(model="claude-gateway-1", max_tokens=2048, tools=TOOLS[:1],
+                                messages=[question], extra_body={"thinking": THINKING}) as stream:
+        first = stream.get_final_message()
+    assert [b.type for b in first.content] == ["thinking", "text", "tool_use"]
+    assert first.content[0].signature and first.stop_reason == "tool_use"  # type: ignore[union-attr]
+    call = first.content[2]
+    assert (call.name, call.input) == ("get_weather", {"location": "Paris"})  # type: ignore[union-attr]
+    assert anthropic_upstream.requests[-1].json["thinking"] == THINKING
+
+    answer = client.messages.create(
+        model="claude-gateway-1", max_tokens=2048, tools=TOOLS[:1], extra_body={"thinking": THINKING},
+        messages=[question, {"role": "assistant", "content": [b.model_dump() for b in first.content]},  # type: ignore[misc]
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]}],
+    )
+    assert answer.stop_reason == "end_turn"
+    assert [b.type for b in answer.content] == ["thinking", "text"]
+    assert answer.content[1].text == "Echo: sunny"  # type: ignore[union-attr]
+    sent = anthropic_upstream.requests[-1].json["messages"]
+    assert sent[1]["content"][0] == first.content[0].model_dump()  # the thinking block, signature and all
+    assert sent[2]["content"] == [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]
+
+
+def test_anthropic_upstream_prompt_cache_usage(
+    client: anthropic.Anthropic, anthropic_upstream: FakeAnthropicUpstream
+) -> None:
+    anthropic_upstream.reset()
+    system: Any = [{"type": "text", "text": "A long and stable system prompt " * 4,
+                    "cache_control": {"type": "ephemeral"}}]
+    first = client.messages.create(model="claude-gateway-1", max_tokens=50, system=system, messages=HELLO)
+    with client.messages.stream(model="claude-gateway-1", max_tokens=50, system=system, messages=HELLO) as stream:
+        second = stream.get_final_message()
+    assert anthropic_upstream.requests[-1].json["system"] == system  # the cache mark made the trip
+    assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    assert second.usage.input_tokens == first.usage.input_tokens == 2  # "Hello gateway", the uncached part
+
+
+def test_anthropic_upstream_errors_keep_their_anthropic_types(
+    client: anthropic.Anthropic, anthropic_upstream: FakeAnthropicUpstream
+) -> None:
+    anthropic_upstream.enqueue(AnthropicFault(status=529, retry_after=2))
+    with pytest.raises(anthropic.OverloadedError) as overloaded:
+        client.messages.create(model="claude-gateway-1", max_tokens=50, messages=HELLO)
+    assert overloaded.value.status_code == 529 and overloaded.value.response.headers["retry-after"] == "2"
+    assert overloaded.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    anthropic_upstream.enqueue(AnthropicFault(error_after=3))
+    with pytest.raises(anthropic.APIStatusError) as mid_stream:
+        with client.messages.stream(model="claude-gateway-1", max_tokens=50, messages=HELLO) as stream:
+            stream.until_done()
+    assert mid_stream.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
 
 
 # -- bad input -----------------------------------------------------------------------------------------
