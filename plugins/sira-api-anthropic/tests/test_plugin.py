@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,6 +34,12 @@ def test_plugin_class_contract_and_entry_point() -> None:
     assert AnthropicSurfaceConfig().prefixes == ["/v1"]
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"prefix": "/v1"}, AnthropicSurfaceConfig)
+
+
+def test_readme_documents_every_config_key() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for field in msgspec.structs.fields(AnthropicSurfaceConfig):
+        assert f"| `{field.name}` |" in readme, field.name
 
 
 class CounterPlugin:
