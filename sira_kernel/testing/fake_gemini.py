@@ -349,7 +349,8 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
 
         version = request.path.split("/")[1] if request.path.count("/") >= 1 else ""
         if request.method == "GET" and re.fullmatch(r"/v[0-9][a-z0-9]*/models/?", request.path):
-            return self._check_key(request, headers) or self._list_models(request, headers)
+            denied = self._check_key(request, headers)
+            return denied if denied is not None else self._list_models(request, headers)
         if route is None or request.method != "POST":
             return _error(404, f"Unknown request URL: {request.method} {request.path}", headers)
         denied = self._check_key(request, headers)
