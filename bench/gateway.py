@@ -40,6 +40,7 @@ from measure import LoadResult, find_wrk, run_load, run_python_load, run_wrk_bud
 from procs import (
     CLIENT_CPU,
     GATEWAY_CPU,
+    CpuWatch,
     Processes,
     Started,
     free_port,
@@ -130,6 +131,7 @@ class Cell:
     result: LoadResult | None = None
     rss_mb: float | None = None
     peak_mb: float | None = None
+    noise_pct: float | None = None
     note: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -149,6 +151,7 @@ class Bench:
         self.wrk = wrk
         self.nginx = nginx
         self.cells: list[Cell] = []
+        self.cpu = CpuWatch(procs)
         self.upstream_labels: dict[str, str] = {}
 
     # -- upstreams -------------------------------------------------------------------------------
@@ -246,6 +249,9 @@ class Bench:
     def ttft(self, upstream: Upstream) -> None:
         """Time to first ``data:`` chunk at each stream count, for each target."""
         self.upstream_labels["ttft"] = upstream.label
+        # Start the clients spread over one stream's length so that they do not open their streams
+        # in lockstep (events: role, the chunks, finish, [DONE]; one pace between each two).
+        ramp = (self.options.ttft_chunks + 2) * self.options.pace_ms / 1000
         for name in self.options.targets:
             with self.target(name, upstream, stream=True) as target:
                 if target.unavailable:
@@ -259,7 +265,7 @@ class Bench:
                         cell,
                         target,
                         lambda s=streams: run_python_load(
-                            target.url or "", s, duration_s=self.options.ttft_duration_s, stream=True
+                            target.url or "", s, duration_s=self.options.ttft_duration_s, stream=True, ramp_s=ramp
                         ),
                     )
 
@@ -280,15 +286,16 @@ class Bench:
                 try:
                     self.send(target, clients, self.options.leak_warmup)
                     after_warmup = memory(target.process.pid)
-                    first_result = self.send(target, clients, first)
+                    first_result, first_noise = self.watched(lambda: self.send(target, clients, first))
                     after_first = memory(target.process.pid)
-                    second_result = self.send(target, clients, second - first)
+                    second_result, second_noise = self.watched(lambda: self.send(target, clients, second - first))
                     after_second = memory(target.process.pid)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     cell.note = f"failed: {exc}"
                     self.cells.append(cell)
                     continue
                 cell.result = second_result
+                cell.noise_pct = max((n for n in (first_noise, second_noise) if n is not None), default=None)
                 cell.rss_mb, cell.peak_mb = after_second.rss_mb, after_second.peak_mb
                 cell.extra = {
                     "rss_after_warmup_mb": after_warmup.rss_mb,
@@ -325,13 +332,13 @@ class Bench:
     def measure(self, cell: Cell, target: Target, run: Callable[[], LoadResult], repeat: int = 1) -> None:
         """Run one cell (``repeat`` times, keeping the run with the median req/s) and record it."""
         try:
-            runs = sorted((run() for _ in range(max(1, repeat))), key=lambda r: r.rps)
+            runs = sorted((self.watched(run) for _ in range(max(1, repeat))), key=lambda pair: pair[0].rps)
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             cell.note = f"failed: {exc}"
         else:
-            cell.result = runs[len(runs) // 2]
+            cell.result, cell.noise_pct = runs[len(runs) // 2]
             if len(runs) > 1:
-                cell.extra["rps_runs"] = [round(r.rps, 1) for r in runs]
+                cell.extra["runs"] = [{"rps": round(r.rps, 1), "noise_pct": noise} for r, noise in runs]
         if target.process is not None:
             mem = memory(target.process.pid)
             cell.rss_mb, cell.peak_mb = mem.rss_mb, mem.peak_mb
@@ -340,6 +347,12 @@ class Bench:
         self.cells.append(cell)
         unit = "streams" if cell.scenario == "ttft" else "clients"
         print(f"  {cell.scenario:<9} {cell.target:<12} {cell.clients:>4} {unit}: {brief(cell)}", flush=True)
+
+    def watched(self, run: Callable[[], LoadResult]) -> tuple[LoadResult, float | None]:
+        """``run()`` and the CPU share other work on the machine took meanwhile (see CpuWatch)."""
+        self.cpu.start()
+        result = run()
+        return result, self.cpu.stop()
 
     def unavailable(self, scenario: str, target: Target, counts: tuple[int, ...]) -> None:
         reason = (target.unavailable or "").strip().replace("\n", " | ")
@@ -399,7 +412,18 @@ def brief(cell: Cell) -> str:
     text = f"{r.rps:,.0f} req/s, p50 {fmt(r.p50_ms)} ms, p99 {fmt(r.p99_ms)} ms"
     if r.ttft_p50_ms is not None:
         text += f", TTFT p50 {fmt(r.ttft_p50_ms)} ms p99 {fmt(r.ttft_p99_ms)} ms"
-    return text + f", peak RSS {fmt(cell.peak_mb, 1)} MB" + (f" [{cell.note}]" if cell.note else "")
+    text += f", peak RSS {fmt(cell.peak_mb, 1)} MB, noise {fmt(cell.noise_pct, 0)}%"
+    return text + (f" [{cell.note}]" if cell.note else "")
+
+
+#: Above this share of one CPU taken by other work during a cell, its numbers are suspect.
+NOISY_PCT = 10.0
+
+
+def noise(cell: Cell) -> str:
+    if cell.noise_pct is None:
+        return "-"
+    return f"{cell.noise_pct:.0f}%" + ("!" if cell.noise_pct > NOISY_PCT else "")
 
 
 TITLES = {
@@ -418,7 +442,7 @@ def table(bench: Bench, scenario: str) -> list[str]:
     if scenario == "leak":
         first, second = bench.options.leak_counts
         head = f"{'target':<12} {'clients':>7} {'warm-up MB':>10} {f'{first:,} MB':>10} {f'{second:,} MB':>10}"
-        lines.append(head + f" {'growth':>7} {'peak MB':>8} {'req/s':>8}  note")
+        lines.append(head + f" {'growth':>7} {'peak MB':>8} {'req/s':>8} {'noise':>6}  note")
         for c in cells:
             if c.result is None:
                 lines.append(f"{c.target:<12} {c.clients:>7} {c.note}")
@@ -428,14 +452,14 @@ def table(bench: Bench, scenario: str) -> list[str]:
             lines.append(
                 f"{c.target:<12} {c.clients:>7} {fmt(e['rss_after_warmup_mb'], 1):>10} "
                 f"{fmt(e['rss_after_first_mb'], 1):>10} {fmt(e['rss_after_second_mb'], 1):>10} {growth:>6.1f}% "
-                f"{fmt(c.peak_mb, 1):>8} {e['rps']:>8,.0f}  {c.note or ''}"
+                f"{fmt(c.peak_mb, 1):>8} {e['rps']:>8,.0f} {noise(c):>6}  {c.note or ''}"
             )
         return lines
     ttft = scenario == "ttft"
     head = f"{'target':<12} {'streams' if ttft else 'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
     if ttft:
         head += f" {'TTFT p50':>9} {'TTFT p99':>9}"
-    lines.append(head + f" {'peak RSS MB':>11} {'errors':>6}  note")
+    lines.append(head + f" {'peak RSS MB':>11} {'errors':>6} {'noise':>6}  note")
     for c in cells:
         r = c.result
         if r is None:
@@ -444,7 +468,7 @@ def table(bench: Bench, scenario: str) -> list[str]:
         row = f"{c.target:<12} {c.clients:>7} {r.rps:>9,.0f} {fmt(r.p50_ms):>8} {fmt(r.p99_ms):>8}"
         if ttft:
             row += f" {fmt(r.ttft_p50_ms):>9} {fmt(r.ttft_p99_ms):>9}"
-        lines.append(row + f" {fmt(c.peak_mb, 1):>11} {r.errors:>6}  {c.note or ''}")
+        lines.append(row + f" {fmt(c.peak_mb, 1):>11} {r.errors:>6} {noise(c):>6}  {c.note or ''}")
     return lines
 
 
@@ -577,6 +601,13 @@ def report(bench: Bench) -> list[str]:
         block = table(bench, scenario)
         if block:
             lines += ["", *block]
+    noisy = [c for c in bench.cells if c.noise_pct is not None and c.noise_pct > NOISY_PCT]
+    if noisy:
+        lines += [
+            "",
+            f"warning: other work took over {NOISY_PCT:.0f}% of a CPU during {len(noisy)} cell(s) (marked !);"
+            " their numbers are unreliable: rerun on a quiet machine or with --repeat 3",
+        ]
     lines += ["", "Floors (sira) and references (passthrough)"]
     lines += [floor.line() for floor in floors(bench)]
     return lines

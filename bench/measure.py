@@ -189,18 +189,19 @@ def run_python_load(
     duration_s: float | None = None,
     requests: int | None = None,
     stream: bool = False,
+    ramp_s: float = 0.0,
     processes: int = 1,
 ) -> LoadResult:
     """Run ``loadgen.py`` in its own (pinned) process and read its JSON line."""
     argv = [sys.executable, str(HERE / "loadgen.py"), "--url", url, "--concurrency", str(clients)]
-    argv += ["--processes", str(processes)]
+    argv += ["--processes", str(processes), "--ramp", str(ramp_s)]
     if duration_s is not None:
         argv += ["--duration", str(duration_s)]
     if requests is not None:
         argv += ["--requests", str(requests)]
     if stream:
         argv.append("--stream")
-    limit = (duration_s or 0) + (requests or 0) / 100 + 120
+    limit = ramp_s + (duration_s or 0) + (requests or 0) / 100 + 120
     done = subprocess.run(pinned(CLIENT_CPU, argv), capture_output=True, text=True, timeout=limit)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:

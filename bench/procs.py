@@ -23,11 +23,13 @@ from pathlib import Path
 
 __all__ = [
     "CLIENT_CPU",
+    "CpuWatch",
     "GATEWAY_CPU",
     "Memory",
     "Processes",
     "Started",
     "free_port",
+    "machine_busy_seconds",
     "memory",
     "pinned",
     "pinning_available",
@@ -198,11 +200,71 @@ def memory(pid: int) -> Memory:
     The summed peak is an upper bound of the tree's peak: each process's peak may come at a
     different time. For a single-process server (uvicorn, one worker) it is exact.
     """
+    pids = _tree(pid)
+    rss = sum(_status_kb(p, "VmRSS") for p in pids)
+    peak = sum(_status_kb(p, "VmHWM") for p in pids)
+    return Memory(rss / 1024, peak / 1024)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
     pids, queue = [], [pid]
     while queue:
         current = queue.pop()
         pids.append(current)
         queue += _children(current)
-    rss = sum(_status_kb(p, "VmRSS") for p in pids)
-    peak = sum(_status_kb(p, "VmHWM") for p in pids)
-    return Memory(rss / 1024, peak / 1024)
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent running tasks or stolen by the hypervisor since boot.
+
+    Interrupt time is left out: loopback traffic is processed in softirqs that no task is charged
+    for, so counting it would report the benchmark's own packets as noise.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + steal) / _TICK
+
+
+class CpuWatch:
+    """How much CPU something other than the benchmark took while it measured (noise).
+
+    ``start()`` and ``stop()`` bracket a measurement; ``stop()`` returns the busy CPU time of the
+    whole machine minus that of this process, its reaped children (the load generators) and the
+    process trees in ``processes``, in percent of one CPU over the wall time. It is other work on
+    a shared machine, or time the hypervisor gave to another guest.
+    """
+
+    def __init__(self, processes: Processes) -> None:
+        self.processes = processes
+        self.started: tuple[float, float, float] | None = None
+
+    def _own(self) -> float:
+        times = os.times()
+        own = times.user + times.system + times.children_user + times.children_system
+        for process in self.processes.started:
+            own += sum(_cpu_seconds(pid) for pid in _tree(process.pid))
+        return own
+
+    def start(self) -> None:
+        self.started = (time.monotonic(), machine_busy_seconds(), self._own())
+
+    def stop(self) -> float | None:
+        if self.started is None:
+            return None
+        wall0, busy0, own0 = self.started
+        wall = time.monotonic() - wall0
+        foreign = (machine_busy_seconds() - busy0) - (self._own() - own0)
+        self.started = None
+        return max(0.0, foreign) / wall * 100 if wall > 0 else None
