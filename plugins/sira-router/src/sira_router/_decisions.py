@@ -40,7 +40,7 @@ class RouteAttempt(msgspec.Struct, kw_only=True, omit_defaults=True):
     latency_ms: float | None = None
 
 
-class RouteDecision(msgspec.Struct, kw_only=True, omit_defaults=True):
+class RouteDecision(msgspec.Struct, kw_only=True):
     """Why one request went where it went. Published on ``route.decision``."""
 
     topic: ClassVar[str] = "route.decision"
