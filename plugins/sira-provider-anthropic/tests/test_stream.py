@@ -338,3 +338,34 @@ async def test_stream_keeps_the_connection_for_reuse(
         assert not any(isinstance(e, StreamError) for e in events)
     await provider.chat(ask(stream=False), ctx())
     assert fake.connections_open == 1  # message_stop then the chunked terminator: back to the pool
+
+
+async def test_json_answer_to_a_stream_request(
+    provider: AnthropicProvider, fake: FakeAnthropicUpstream
+) -> None:
+    message = {
+        "id": "msg_j",
+        "model": "claude-x",
+        "stop_reason": "tool_use",
+        "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "sig"},
+            {"type": "text", "text": "whole"},
+            {"type": "tool_use", "id": "toolu_j", "name": "f", "input": {"a": 1}},
+        ],
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+    }
+    fake.enqueue(Fault(body=json.dumps(message).encode(), content_type="application/json"))
+    events = await collect(provider.stream(ask(), ctx()))
+    assert isinstance(events[0], StreamStart) and events[0].id == "msg_j"
+    assert events[1:] == [
+        ReasoningDelta("hmm", signature="sig"),
+        TextDelta("whole"),
+        ToolCallDelta(0, '{"a":1}', "toolu_j", "f"),
+        Finish("tool_calls"),
+        Usage(
+            prompt_tokens=1,
+            completion_tokens=2,
+            total_tokens=3,
+            prompt_tokens_details={"cached_tokens": 0, "cache_creation_tokens": 0},
+        ),
+    ]

@@ -28,13 +28,14 @@ from sira_kernel.types import (
     ModelInfo,
     StreamError,
     StreamEvent,
+    StreamStart,
 )
 
 from ._config import AnthropicConfig
 from ._errors import ERROR_STATUS, error_for, sanitize, status_error, transport_error, upstream_error
 from ._stream import StreamParser
 from ._translate import UnsupportedRequest, encode_request
-from ._wire import decode_message, to_chat_response
+from ._wire import decode_message, response_events, to_chat_response
 
 __all__ = ["AnthropicProvider"]
 
@@ -163,6 +164,9 @@ class AnthropicProvider:
             data = await self._read(response, deadline, ctx.max_response_bytes, total)
         finally:
             await _close(response)
+        return self._decode(data, ctx)
+
+    def _decode(self, data: bytes, ctx: CallContext) -> ChatResponse:
         try:
             message = decode_message(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -179,6 +183,14 @@ class AnthropicProvider:
         try:
             if response.status_code >= 300:
                 raise await self._status_error(response, deadline)
+            if "json" in response.headers.get("content-type", ""):
+                # A proxy that ignores "stream": true answers with one message: relay it as events.
+                data = await self._read(response, deadline, ctx.max_response_bytes, total)
+                completion = self._decode(data, ctx)
+                yield StreamStart(completion.id, completion.model, completion.created)
+                for event in response_events(completion):
+                    yield event
+                return
             parser = StreamParser(
                 provider=self.name,
                 secrets=self._secrets,

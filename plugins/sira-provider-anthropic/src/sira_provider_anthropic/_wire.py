@@ -8,10 +8,23 @@ fields Anthropic adds cost nothing. Missing fields get defaults: documented exam
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
-from sira_kernel.types import ChatChoice, ChatResponse, Message, ToolCall, ToolFunction, Usage
+from sira_kernel.types import (
+    ChatChoice,
+    ChatResponse,
+    Finish,
+    Message,
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolFunction,
+    Usage,
+)
 
 __all__ = [
     "AnthropicMessage",
@@ -19,6 +32,7 @@ __all__ = [
     "Block",
     "decode_message",
     "finish_reason",
+    "response_events",
     "to_chat_response",
     "to_usage",
 ]
@@ -134,3 +148,18 @@ def to_chat_response(message: AnthropicMessage, *, fallback_id: str, fallback_mo
             usage.cache_creation_input_tokens or 0,
         ),
     )
+
+
+def response_events(response: ChatResponse) -> Iterator[StreamEvent]:
+    """The stream events (after ``StreamStart``) equivalent to a whole response, for upstreams that
+    answer a stream request with one JSON message."""
+    message = response.choices[0].message
+    if message.reasoning_content:
+        yield ReasoningDelta(message.reasoning_content, signature=message.reasoning_signature)
+    if isinstance(message.content, str) and message.content:
+        yield TextDelta(message.content)
+    for number, call in enumerate(message.tool_calls or ()):
+        yield ToolCallDelta(number, call.function.arguments, call.id, call.function.name)
+    yield Finish(response.choices[0].finish_reason or "stop")
+    if response.usage is not None:
+        yield response.usage
