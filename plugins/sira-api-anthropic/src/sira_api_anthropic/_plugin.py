@@ -199,7 +199,7 @@ class CountTokens(_Endpoint):
             principal = await pipeline.authenticate(snap, info)
             await pipeline.authorize(snap, principal, info, "count_tokens", request.model)
             route = await pipeline.route(snap, request, principal)  # an unknown model is a 404, as upstream
-            counter = kernel.services.find(TokenCounter)  # type: ignore[type-abstract]
+            counter = kernel.services.find(TokenCounter)
             return count_input_tokens(counter, request, route.deployments[0])
 
         tokens = await unless_disconnected(receive, count)

@@ -19,6 +19,8 @@ runs once per token.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 from sira_kernel import (
     Finish,
@@ -72,7 +74,7 @@ class EventEncoder:
         self._usage: Usage | None = None
 
     def start(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0},
         }
