@@ -167,6 +167,7 @@ class AnthropicProvider:
         return self._decode(data, ctx)
 
     def _decode(self, data: bytes, ctx: CallContext) -> ChatResponse:
+        """The kernel response for a whole Messages answer; an error object sent with a 200 raises."""
         try:
             message = decode_message(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
