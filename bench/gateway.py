@@ -685,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     wrk = None if options.python_load else find_wrk(options.install)
     pinning = f"gateway on CPU {GATEWAY_CPU}, upstream + load on CPU {CLIENT_CPU}" if pinning_available() else "off"
     print(f"pinning: {pinning}")
-    print(f"upstream (non-stream): {nginx or 'upstream_stream.py (nginx not available)'}")
+    if "nonstream" in options.scenarios:
+        print(f"upstream (non-stream): {nginx or 'upstream_stream.py (nginx not available)'}")
     print(f"load generator: {wrk or 'loadgen.py (wrk not available)'}; TTFT: loadgen.py")
     started = time.strftime("%Y%m%d-%H%M%S")
     with tempfile.TemporaryDirectory(prefix="sira-bench-") as tmp_dir:
