@@ -98,7 +98,9 @@ async def bench_dispatch(sizes: Sizes) -> list[Row]:
     # pluggy calls the last registered plugin first, so the answering plugin is activated first.
     plugins: dict[str, Any] = {"answers": Answers, **{f"abstains-{i}": Abstains for i in range(4)}}
     kernel = make_kernel(plugins)
-    info = RequestInfo(method="POST", path="/v1/chat/completions", headers={"authorization": "Bearer sk-bench-key"})
+    info = RequestInfo(
+        method="POST", path="/v1/chat/completions", headers={"authorization": "Bearer sk-bench-key"}
+    )
     async with kernel:
         snapshot = kernel.snapshot
         order = [plugin_id for _, plugin_id in snapshot.authenticate]
@@ -121,13 +123,8 @@ async def bench_dispatch(sizes: Sizes) -> list[Row]:
     print(f"dispatch order: {' → '.join(order)}; answered by {principal.id!r}")
     pipeline_us = pipeline_ns / 1000
     return [
-        Row(
-            "sira_authenticate, kernel dispatch (5 plugins + default)",
-            pipeline_us,
-            "µs/call",
-            f"< {DISPATCH_FLOOR_US:g} µs",
-            pipeline_us < DISPATCH_FLOOR_US,
-        ),
+        Row("sira_authenticate, kernel dispatch (5 plugins + default)", pipeline_us, "µs/call",
+            f"< {DISPATCH_FLOOR_US:g} µs", pipeline_us < DISPATCH_FLOOR_US),
         Row("sira_authenticate, raw pluggy hook call (same plugins)", pluggy_ns / 1000, "µs/call", "reference"),
     ]
 
@@ -145,7 +142,8 @@ async def bus_run(subscribers: int, sizes: Sizes) -> tuple[float, float, int]:
     bus = MessageBus()
     queue_size = 4 * sizes.bus_batch  # the publisher waits for the queues to fall below one batch
     subs = [
-        Subscription(f"bench-{i}", "bench.#", lambda event: None, queue_size=queue_size) for i in range(subscribers)
+        Subscription(f"bench-{i}", "bench.#", lambda event: None, queue_size=queue_size)
+        for i in range(subscribers)
     ]
     events = [Tick(n) for n in range(sizes.bus_batch)]
     total = sizes.bus_events
@@ -188,15 +186,8 @@ async def bench_bus(sizes: Sizes) -> list[Row]:
         dropped = sum(r[2] for r in runs)
         label = f"bus → {subscribers} subscriber{'s' if subscribers > 1 else ''}"
         if subscribers == 1:
-            rows.append(
-                Row(
-                    f"{label}: delivered",
-                    delivered,
-                    "events/s",
-                    f"≥ {BUS_FLOOR_PER_S:,}/s",
-                    delivered >= BUS_FLOOR_PER_S,
-                )
-            )
+            rows.append(Row(f"{label}: delivered", delivered, "events/s", f"≥ {BUS_FLOOR_PER_S:,}/s",
+                            delivered >= BUS_FLOOR_PER_S))
         else:
             rows.append(Row(f"{label}: delivered (sum over subscribers)", delivered, "events/s"))
         rows.append(Row(f"{label}: published (each to every subscriber)", published, "events/s"))
@@ -271,16 +262,10 @@ async def bench_scheduler(sizes: Sizes) -> list[Row]:
     )
     pool_us, reserve_us = pool_ns / 1000, reserve_ns / 1000
     return [
-        Row(
-            "pool acquire+release, uncontended", pool_us, "µs/op", f"< {ADMIT_FLOOR_US:g} µs", pool_us < ADMIT_FLOOR_US
-        ),
-        Row(
-            "scheduler reserve(pool)+settle(0), uncontended",
-            reserve_us,
-            "µs/op",
-            f"< {ADMIT_FLOOR_US:g} µs",
-            reserve_us < ADMIT_FLOOR_US,
-        ),
+        Row("pool acquire+release, uncontended", pool_us, "µs/op", f"< {ADMIT_FLOOR_US:g} µs",
+            pool_us < ADMIT_FLOOR_US),
+        Row("scheduler reserve(pool)+settle(0), uncontended", reserve_us, "µs/op", f"< {ADMIT_FLOOR_US:g} µs",
+            reserve_us < ADMIT_FLOOR_US),
         Row("pool acquire+release, 64 tasks on limit 8", contended_ns / 1000, "µs/op", "reference"),
         Row("  same 64 tasks and checkpoints, no pool", baseline_ns / 1000, "µs/op", "reference"),
         Row("  pool overhead under contention", (contended_ns - baseline_ns) / 1000, "µs/op", "reference"),
@@ -323,9 +308,8 @@ async def main(sizes: Sizes) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--loop", choices=["auto", "uvloop", "asyncio"], default="auto", help="event loop (auto: uvloop when installed)"
-    )
+    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                        help="event loop (auto: uvloop when installed)")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
     use_uvloop = args.loop == "uvloop"
