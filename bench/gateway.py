@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -116,7 +117,7 @@ class Target:
     """What the load generator talks to; ``process`` is whose memory is reported."""
 
     name: str
-    url: str | None = None
+    url: str
     process: Started | None = None
     unavailable: str | None = None
 
@@ -183,7 +184,7 @@ class Bench:
         """Start ``name`` in front of ``upstream``, check one request, yield it, stop it."""
         if name == "direct":
             target = Target(name, upstream.chat_url, upstream.process)
-            target.unavailable = smoke(target.url or "", stream)
+            target.unavailable = smoke(target.url, stream)
             yield target
             return
         port = free_port()
@@ -215,7 +216,7 @@ class Bench:
                 except RuntimeError as exc:
                     target.unavailable = str(exc)
                 else:
-                    target.unavailable = smoke(target.url or "", stream)
+                    target.unavailable = smoke(target.url, stream)
             yield target
         finally:
             if process is not None:
@@ -223,7 +224,7 @@ class Bench:
 
     def warm_up(self, target: Target, stream: bool) -> None:
         """Load the target for ``--warmup`` seconds (JIT-free Python still fills caches and pools)."""
-        if self.options.warmup_s > 0 and target.url:
+        if self.options.warmup_s > 0:
             run_load(self.wrk, target.url, max(self.options.clients), self.options.warmup_s, stream)
 
     # -- scenarios -------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ class Bench:
                     self.measure(
                         cell,
                         target,
-                        lambda c=clients: run_load(self.wrk, target.url or "", c, self.options.duration_s, stream),
+                        functools.partial(run_load, self.wrk, target.url, clients, self.options.duration_s, stream),
                         repeat=self.options.repeat,
                     )
 
@@ -258,14 +259,19 @@ class Bench:
                     self.unavailable("ttft", target, self.options.streams)
                     continue
                 if self.options.warmup_s > 0:
-                    run_python_load(target.url or "", 10, duration_s=self.options.warmup_s, stream=True)
+                    run_python_load(target.url, 10, duration_s=self.options.warmup_s, stream=True)
                 for streams in self.options.streams:
                     cell = Cell("ttft", name, streams)
                     self.measure(
                         cell,
                         target,
-                        lambda s=streams: run_python_load(
-                            target.url or "", s, duration_s=self.options.ttft_duration_s, stream=True, ramp_s=ramp
+                        functools.partial(
+                            run_python_load,
+                            target.url,
+                            streams,
+                            duration_s=self.options.ttft_duration_s,
+                            stream=True,
+                            ramp_s=ramp,
                         ),
                     )
 
@@ -314,10 +320,10 @@ class Bench:
         if requests <= 0:
             return LoadResult("none", clients, 0, 0, 0.0, 0.0)
         if self.wrk is not None:
-            return run_wrk_budget(self.wrk, target.url or "", clients, requests, mixed=True)
+            return run_wrk_budget(self.wrk, target.url, clients, requests, mixed=True)
         half = requests // 2
-        plain = run_python_load(target.url or "", clients, requests=requests - half)
-        streamed = run_python_load(target.url or "", clients, requests=half, stream=True)
+        plain = run_python_load(target.url, clients, requests=requests - half)
+        streamed = run_python_load(target.url, clients, requests=half, stream=True)
         return LoadResult(
             "python",
             clients,
@@ -372,8 +378,13 @@ class Bench:
         }
         for scenario in self.options.scenarios:
             print(f"[{scenario}]", flush=True)
-            steps[scenario]()
-            self.procs.stop_all()  # the scenario's upstream
+            try:
+                steps[scenario]()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                # An upstream that does not start, or a load generator that fails outside a cell.
+                print(f"  {scenario} failed: {exc}", flush=True)
+            finally:
+                self.procs.stop_all()  # the scenario's upstream
 
 
 def smoke(url: str, stream: bool) -> str | None:
@@ -551,7 +562,7 @@ def floors(bench: Bench) -> list[Floor]:
                     added,
                     " ms",
                     f"< {limit:g} ms" if judged else "",
-                    check(added, lambda v, lim=limit: v < lim) if judged else None,
+                    None if added is None or limit is None or not judged else added < limit,
                 )
             )
     sira_peaks = [c.peak_mb for c in bench.cells if c.target == "sira" and c.peak_mb is not None]
