@@ -71,7 +71,9 @@ def _apply_overrides(config: KernelConfig, args: argparse.Namespace) -> None:
 def _bind(host: str, port: int, what: str = "port") -> socket.socket:
     """Bind a listening socket, or fail with one clear line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted connections when the listening
+    # socket says it is TCP (proto 0 leaves Nagle on and adds ~40 ms to kept-alive responses).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

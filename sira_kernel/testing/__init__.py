@@ -235,7 +235,7 @@ class ServerThread:
         asyncio.set_event_loop(loop)
         sockets = []
         for port in (self.port, self.admin_port):
-            sock = socket.socket()
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
             sockets.append(sock)
