@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
-
 from sira_kernel import AuthenticationFailed, ChatRequest, ConfigError, Principal, RequestInfo
 from sira_kernel.asgi import json_error
+from starlette.requests import Request
+from starlette.responses import Response
 
 from ._config import RuleConfig
 

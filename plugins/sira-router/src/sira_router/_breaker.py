@@ -63,6 +63,10 @@ class Breaker(Protocol):
         """True when a request may go to the deployment now (closed, or half-open with no probe out)."""
         ...
 
+    def wants_probe(self, now: float) -> bool:
+        """True when the cooldown is over and no probe is out: the next request should test it."""
+        ...
+
     def admit(self, now: float) -> bool:
         """A request is being sent; returns True when it is the half-open probe."""
         ...
@@ -126,6 +130,9 @@ class LocalBreaker:
         if self.probing:
             return now - self.probe_started >= self._config.probe_timeout
         return True
+
+    def wants_probe(self, now: float) -> bool:
+        return self.half_open and self.open_until <= now and self.allows(now)
 
     def admit(self, now: float) -> bool:
         if self.half_open:

@@ -218,6 +218,10 @@ class RouterConfig(_Section):
     route_unlisted: bool = True
     """Models that are in no group but served by providers get an implicit group (their providers,
     the default settings), so they also get retries and breakers. False: the kernel routes them."""
+    usage_burst: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.1
+    """``usage`` strategy: the share of a deployment's rpm/tpm that may be used in one burst. Its
+    buckets hold ``usage_burst × limit`` and refill at ``(1 − usage_burst) × limit`` per minute, so
+    no 60-second window ever exceeds the limit (the sustained rate is ``1 − usage_burst`` of it)."""
     latency_alpha: Ratio = 0.3
     """EWMA smoothing of the ``latency`` strategy (weight of the newest sample)."""
     failure_penalty: NonNegative = 5.0

@@ -18,9 +18,8 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from tenacity import wait_random_exponential
-
 from sira_kernel import ConfigError, Deployment
+from tenacity import wait_random_exponential
 
 from ._breaker import Breaker, BreakerStore, RetryBudget
 from ._config import ERROR_KINDS, DeploymentConfig, RouterConfig

@@ -32,7 +32,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-
 from sira_kernel import Deployment, Principal, ProviderError, ProviderUnavailable, RateLimited, RequestInfo
 from sira_kernel.accounting import estimate_text_tokens
 
@@ -194,26 +193,30 @@ class RouterPlan:
         """The member with the most rpm/tpm headroom; takes one request from its rpm bucket.
 
         The buckets live in the kernel scheduler's counter backend (shared when it is), keyed
-        ``router:<provider>/<model>:rpm|tpm``; tokens are charged from the usage record afterwards."""
-        counters = self._router.counters
+        ``router:<provider>/<model>:rpm|tpm``, sized by ``usage_burst`` so that no 60-second window
+        exceeds the limit; tokens are charged from the usage record afterwards."""
+        router = self._router
+        counters = router.counters
+        burst = router.config.usage_burst
+        refill = (1.0 - burst) / 60.0
         found = candidates(tier, now, mask, self)
         room: list[float] = []
         for member in found:
             upstream = member.upstream
             share = 1.0
             if upstream.rpm:
-                level = await counters.level(upstream.rpm_key, upstream.rpm, upstream.rpm / 60.0)
-                share = min(share, level / upstream.rpm)
+                capacity = upstream.rpm * burst
+                share = min(share, await counters.level(upstream.rpm_key, capacity, upstream.rpm * refill) / capacity)
             if upstream.tpm:
-                level = await counters.level(upstream.tpm_key, upstream.tpm, upstream.tpm / 60.0)
-                share = min(share, level / upstream.tpm)
+                capacity = upstream.tpm * burst
+                share = min(share, await counters.level(upstream.tpm_key, capacity, upstream.tpm * refill) / capacity)
             room.append(share)
         for share, member in sorted(zip(room, found, strict=True), key=lambda pair: -pair[0]):
             upstream = member.upstream
             if upstream.tpm and share <= 0:
                 continue
             if upstream.rpm:
-                if await counters.take(upstream.rpm_key, 1.0, upstream.rpm, upstream.rpm / 60.0) > 0:
+                if await counters.take(upstream.rpm_key, 1.0, upstream.rpm * burst, upstream.rpm * refill) > 0:
                     continue
             return member
         for member in found:
@@ -417,6 +420,8 @@ class RouterPlan:
         if error is None:
             record.status = 200
             upstream.breaker.success(now, probe)
+            if probe:  # a recovered deployment starts afresh, not weighed down by its outage
+                alpha = 1.0
             if not self.streaming:
                 upstream.latency = _ewma(upstream.latency, max(latency_s, 1e-6), alpha)
             elif first_token_s is not None:

@@ -24,7 +24,6 @@ from typing import Any
 
 import anyio
 import msgspec
-
 from sira_kernel import (
     ChatRequest,
     ConfigError,

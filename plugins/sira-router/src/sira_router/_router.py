@@ -210,7 +210,10 @@ class Router:
         upstream = self.upstreams.get(f"{record.provider}/{record.upstream_model}")
         if upstream is None or not upstream.tpm:
             return
-        await self.counters.give(upstream.tpm_key, -float(record.total_tokens), upstream.tpm, upstream.tpm / 60.0)
+        burst = self.config.usage_burst
+        await self.counters.give(
+            upstream.tpm_key, -float(record.total_tokens), upstream.tpm * burst, upstream.tpm * (1.0 - burst) / 60.0
+        )
 
     # -- rules ---------------------------------------------------------------------------------------
 

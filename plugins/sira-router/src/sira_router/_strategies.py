@@ -16,7 +16,8 @@ strategy        choice (score shown in the decision log)
 ``round_robin`` the next member in turn (no score)
 ``least_busy``  fewest requests in flight from this instance; ties broken at random (score: in flight)
 ``latency``     power of two choices: two random members, the lower of EWMA latency × (in flight + 1);
-                streams use the EWMA of time to first token (score: that product, in seconds)
+                streams use the EWMA of time to first token (score: that product, in seconds); a
+                member whose breaker waits for its half-open probe wins, so it gets tested
 ``cost``        lowest ``input_price × prompt tokens + output_price × expected output tokens``
                 (score: estimated USD)
 =============== =================================================================================
@@ -134,6 +135,16 @@ def _latency_score(member: Member, streaming: bool) -> float:
     return ewma * (upstream.in_flight + 1)
 
 
+def _better(a: Member, b: Member, now: float, streaming: bool) -> Member:
+    """The lower score of two; a member waiting for its half-open probe gets it (its score still
+    carries the failures that opened its breaker, so it would otherwise never be tested again)."""
+    if a.upstream.breaker.wants_probe(now):
+        return a
+    if b.upstream.breaker.wants_probe(now):
+        return b
+    return a if _latency_score(a, streaming) <= _latency_score(b, streaming) else b
+
+
 def pick_latency(tier: Tier, now: float, mask: int, ctx: PickContext) -> Member | None:
     members = tier.members
     count = len(members)
@@ -145,7 +156,7 @@ def pick_latency(tier: Tier, now: float, mask: int, ctx: PickContext) -> Member 
             second += 1
         a, b = members[first], members[second]
         if usable(a, now) and usable(b, now):
-            return a if _latency_score(a, streaming) <= _latency_score(b, streaming) else b
+            return _better(a, b, now, streaming)
     found = candidates(tier, now, mask, ctx)
     if len(found) <= 1:
         return found[0] if found else None
@@ -153,8 +164,7 @@ def pick_latency(tier: Tier, now: float, mask: int, ctx: PickContext) -> Member 
     second = ctx.randrange(len(found) - 1)
     if second >= first:
         second += 1
-    a, b = found[first], found[second]
-    return a if _latency_score(a, streaming) <= _latency_score(b, streaming) else b
+    return _better(found[first], found[second], now, streaming)
 
 
 def _cost(member: Member, prompt: int, output: int) -> float:
