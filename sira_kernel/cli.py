@@ -104,8 +104,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = config.server
     sockets = [_bind(server.host, server.port)]
     if server.admin:
-        if (server.admin_host, server.admin_port) == (server.host, server.port):
-            raise CLIError("server.admin_port must differ from server.port")
+        if server.admin_port == 0 or server.admin_port == server.port:
+            raise CLIError("server.admin_port must be set and differ from server.port (or set server.admin = false)")
         sockets.append(_bind(server.admin_host, server.admin_port, "admin port"))
     os.environ[CONFIG_ENV] = os.path.abspath(_config_path(args))
     os.environ["SIRA_SERVER_HOST"] = server.host

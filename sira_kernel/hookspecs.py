@@ -127,7 +127,7 @@ def sira_configure(config: KernelConfig) -> None:
 
     The kernel calls each plugin's implementation itself, right after registering the plugin with
     pluggy and before its lifespan, with the config current at that moment (a generation started
-    by ``Kernel.replace(id, new_config)`` sees the new one). Raising marks the plugin failed.
+    by ``Kernel.replace(id, config)`` sees the new one). Raising marks the plugin failed.
 
     A plugin's own ``[plugins.<id>]`` section is not passed here: it is validated against the
     plugin's ``Config`` struct and given to the plugin's constructor.

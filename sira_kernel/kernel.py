@@ -217,13 +217,15 @@ class Kernel:
         """Hot-unload a plugin after draining its in-flight work."""
         return await self.plugins.unload(plugin_id, drain_timeout)
 
-    async def replace(self, plugin_id: str, config: KernelConfig | None = None) -> PluginInfo:
+    async def replace(
+        self, plugin_id: str, config: KernelConfig | None = None, drain_timeout: float | None = None
+    ) -> PluginInfo:
         """Start a new generation of a plugin (optionally with a new config), then drain the old."""
         previous = self.config
         if config is not None:
             self.config = config
         try:
-            return await self.plugins.replace(plugin_id)
+            return await self.plugins.replace(plugin_id, drain_timeout)
         except BaseException:
             self.config = previous  # the old generation keeps serving with the config it started with
             raise

@@ -366,7 +366,9 @@ class Pipeline:
         wanted = "embedding" if operation == "embeddings" else "chat"
         if known is not None and known.kind != wanted:
             raise RequestError(
-                f"the model {model!r} is a {known.kind} model and cannot serve {operation}", param="model"
+                f"the model {model!r} is {'an' if known.kind[0] in 'aeiou' else 'a'} {known.kind} model "
+                f"and cannot serve {operation}",
+                param="model",
             )
         tokens = 0
         if principal.limits and isinstance(request, ChatRequest):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import msgspec
 import pluggy
+import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from importlib_metadata import EntryPoint, entry_points
 
@@ -247,6 +248,7 @@ class PluginRegistry:
         self.lock = anyio.Lock()
         self.handles: dict[str, PluginHandle] = {}
         self.failed: dict[str, PluginHandle] = {}
+        self.draining: dict[str, PluginHandle] = {}  # generations on their way out, for reports
         self._generation = 0
         self._entry_points: dict[str, EntryPoint | LocalEntryPoint] = {}
         self._local: list[LocalEntryPoint] = []
@@ -486,7 +488,7 @@ class PluginRegistry:
             raise PluginLoadError(handle.id, f"implements {', '.join(twice)} more than once")
         # sira_configure is called here rather than through pluggy's call_historic: a historic
         # call would replay the config of the first call to every later plugin, so a generation
-        # started by ``Kernel.replace(id, new_config)`` would be configured with the old config.
+        # started by ``Kernel.replace(id, config)`` would be configured with the old config.
         kwargs = {"config": self.kernel.config}
         for impl in self._impls_of("sira_configure", instance):
             try:
@@ -514,6 +516,8 @@ class PluginRegistry:
     ) -> None:
         """Run one plugin's lifespan in a task of its own, so it enters and exits in the same task."""
         assert handle._stop is not None and handle._stopped is not None
+        # This task outlives whatever request started it (an admin call): do not log under its id.
+        structlog.contextvars.clear_contextvars()
         stop_timeout = self.kernel.config.kernel.stop_timeout
         manager: AbstractAsyncContextManager[None] | None = None
         start_failure: Exception | None = None
@@ -644,6 +648,14 @@ class PluginRegistry:
             return handle.info()
 
     async def _drain_and_stop(self, handle: PluginHandle, drain_timeout: float | None) -> None:
+        self.draining[handle.id] = handle
+        try:
+            await self._drain_and_stop_now(handle, drain_timeout)
+        finally:
+            if self.draining.get(handle.id) is handle:
+                del self.draining[handle.id]
+
+    async def _drain_and_stop_now(self, handle: PluginHandle, drain_timeout: float | None) -> None:
         self.kernel._publish_lifecycle(handle, "draining")
         timeout = self.kernel.config.kernel.drain_timeout if drain_timeout is None else drain_timeout
         self.kernel.bus.remove_responders(handle.pluggy_name)
@@ -744,7 +756,8 @@ class PluginRegistry:
     def infos(self) -> list[PluginInfo]:
         """Every plugin the registry knows: active, failed and merely installed."""
         out = {h.id: h.info() for h in self.failed.values()}
-        out.update({h.id: h.info() for h in self.handles.values()})
+        out.update({h.id: h.info() for h in self.draining.values()})
+        out.update({h.id: h.info() for h in self.handles.values()})  # an active generation wins
         for plugin_id, ep in self.available().items():
             if plugin_id not in out:
                 out[plugin_id] = PluginInfo(

@@ -189,7 +189,7 @@ async def test_decision_hooks_and_principal_limits_through_the_pipeline() -> Non
         ]
         assert records[0].tenant == "t1"
         models = [m.id for m in await kernel.pipeline.models(info("a"))]
-        assert models == ["fake-1"]
+        assert models == ["fake-1", "fake-1-embed"]  # fake-2 is denied to key a
         assert_nothing_held(kernel)
 
 
@@ -247,12 +247,12 @@ async def test_model_kind_is_checked() -> None:
             register(fake)
 
     async with make_kernel({"fake": Embedder}) as kernel:
-        with pytest.raises(RequestError, match="embedding model") as err:
+        with pytest.raises(RequestError, match="is an embedding model") as err:
             await kernel.pipeline.chat(chat("embed-model"), INFO)
         assert err.value.param == "model"
         from sira_kernel import EmbeddingRequest
 
-        with pytest.raises(RequestError, match="chat model"):
+        with pytest.raises(RequestError, match="is a chat model"):
             await kernel.pipeline.embed(EmbeddingRequest(model="chat-model", input="x"), INFO)
         assert (await kernel.pipeline.embed(EmbeddingRequest(model="embed-model", input="x"), INFO)).data
 

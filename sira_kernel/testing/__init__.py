@@ -94,6 +94,7 @@ def make_kernel(
 class FakeProvider:
     """A deterministic in-process provider.
 
+    It serves its chat ``models`` and one embedding model named ``<first model>-embed``.
     ``reply`` is the text answered (streamed as one word per chunk, ``delay`` seconds apart).
     Set ``fail`` to an exception to raise it, ``hang`` to never answer.
     """
@@ -117,7 +118,8 @@ class FakeProvider:
         self.closed_streams = 0
 
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo(id=m, owned_by=self.name) for m in self._models]
+        chat = [ModelInfo(id=m, owned_by=self.name) for m in self._models]
+        return [*chat, ModelInfo(id=f"{self._models[0]}-embed", owned_by=self.name, kind="embedding")]
 
     async def _maybe_fail(self) -> None:
         self.calls += 1
