@@ -617,7 +617,8 @@ def report(bench: Bench) -> list[str]:
         lines += [
             "",
             f"warning: other work took over {NOISY_PCT:.0f}% of a CPU during {len(noisy)} cell(s) (marked !);"
-            " their numbers are unreliable: rerun on a quiet machine or with --repeat 3",
+            " their numbers are unreliable: rerun on a quiet machine"
+            + (" or with --repeat 3" if bench.options.repeat == 1 else ""),
         ]
     lines += ["", "Floors (sira) and references (passthrough)"]
     lines += [floor.line() for floor in floors(bench)]
