@@ -115,7 +115,7 @@ def gateway(upstreams: tuple[FakeOpenAIUpstream, FakeOpenAIUpstream]) -> Iterato
 
 @pytest.fixture
 def admin(gateway: ServerThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{gateway.base_url}/api/v1", headers={"authorization": f"Bearer {MASTER}"},
+    with httpx.Client(base_url=f"{gateway.admin_url}/api/v1", headers={"authorization": f"Bearer {MASTER}"},
                       timeout=10) as client:
         yield client
 
@@ -340,11 +340,13 @@ def test_decision_log_and_breakers_over_http(
     assert router["healthy"] is True and router["owner"] == "router"
 
 
-def test_admin_api_needs_the_master_key(gateway: ServerThread) -> None:
-    url = f"{gateway.base_url}/api/v1/route/decision-log"
+def test_admin_api_is_on_the_admin_listener_and_needs_the_master_key(gateway: ServerThread) -> None:
+    url = f"{gateway.admin_url}/api/v1/route/decision-log"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"authorization": "Bearer sk-wrong-key-0123456789"}).status_code == 401
     assert httpx.get(url, headers={"authorization": f"Bearer {MASTER}"}).status_code == 200
+    public = f"{gateway.base_url}/api/v1/route/decision-log"
+    assert httpx.get(public, headers={"authorization": f"Bearer {MASTER}"}).status_code == 404
 
 
 def test_rules_through_the_admin_api_route_requests(

@@ -113,20 +113,26 @@ async def kernel() -> AsyncIterator[Kernel]:
         yield k
 
 
-def _client(kernel: Kernel, token: str | None = MASTER) -> httpx.AsyncClient:
+def _client(kernel: Kernel, token: str | None = MASTER, listener: str = "admin",
+            prefix: str = "/api/v1") -> httpx.AsyncClient:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    transport = httpx.ASGITransport(app=kernel.snapshot.apps["public"])  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://gateway/api/v1", headers=headers)
+    transport = httpx.ASGITransport(app=kernel.snapshot.apps[listener])  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url=f"http://gateway{prefix}", headers=headers)
 
 
-async def test_admin_routes_need_the_master_principal(kernel: Kernel) -> None:
-    for token, status in [(None, 401), ("sk-user-1234", 403), ("sk-wrong-0000", 401), (MASTER, 200)]:
-        async with _client(kernel, token) as client:
-            for path in ("/rules", "/route/decision-log", "/route/breakers", "/route/groups"):
-                response = await client.get(path)
-                assert response.status_code == status, (token, path)
-                if status != 200:
-                    assert "error" in response.json()
+@pytest.mark.parametrize("listener", ["admin", "public"])
+async def test_admin_routes_need_the_master_principal(listener: str) -> None:
+    async with _kernel(admin_listener=listener) as kernel:
+        for token, status in [(None, 401), ("sk-user-1234", 403), ("sk-wrong-0000", 401), (MASTER, 200)]:
+            async with _client(kernel, token, listener) as client:
+                for path in ("/rules", "/route/decision-log", "/route/breakers", "/route/groups"):
+                    response = await client.get(path)
+                    assert response.status_code == status, (token, path)
+                    if status != 200:
+                        assert "error" in response.json()
+        other = "public" if listener == "admin" else "admin"
+        async with _client(kernel, MASTER, other) as client:
+            assert (await client.get("/rules")).status_code == 404
 
 
 async def test_rules_crud(kernel: Kernel) -> None:
@@ -228,7 +234,5 @@ async def test_admin_api_can_be_moved_or_disabled() -> None:
         async with _client(kernel) as client:
             assert (await client.get("/rules")).status_code == 404
     async with _kernel(admin_prefix="/router/") as kernel:
-        transport = httpx.ASGITransport(app=kernel.snapshot.apps["public"])  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
-                                     headers={"authorization": f"Bearer {MASTER}"}) as client:
-            assert (await client.get("/router/rules")).status_code == 200
+        async with _client(kernel, prefix="/router") as client:
+            assert (await client.get("/rules")).status_code == 200

@@ -1,9 +1,12 @@
-"""The router's admin API (Starlette endpoints), every route guarded by the master key.
+"""The router's admin API (Starlette endpoints), for the master key (or any admin principal) only.
 
-Until the kernel serves its ``admin`` listener, the routes are registered on the public listener
-under ``admin_prefix`` (``/api/v1``); each request is authenticated through the kernel's own
-``pipeline.authenticate`` and must come from the ``master`` principal (``server.master_key``).
-Without a master key configured, the admin API answers 403 to everyone.
+The routes are registered on the kernel's admin listener (``server.admin_host:admin_port``,
+loopback by default) under ``admin_prefix`` (``/api/v1``), where the kernel's guard has already
+required a principal with the ``admin`` role (the master key has it). With ``admin_listener =
+"public"`` (for a kernel run with ``server.admin = false``) they are served on the public listener
+instead, and every request is authenticated here through the kernel's ``pipeline.authenticate``
+and must come from the ``master`` principal or one with the ``admin`` role; without a master key
+nobody qualifies.
 
 =========================================  ======================================================
 ``GET    {prefix}/rules``                  the rules in force
@@ -25,8 +28,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from sira_kernel import AuthenticationFailed, ChatRequest, ConfigError, Principal, RequestInfo
+from sira_kernel import AuthenticationFailed, ChatRequest, ConfigError, Principal
+from sira_kernel.admin import ADMIN_ROLE
 from sira_kernel.asgi import json_error
+from sira_kernel.surface import request_info
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -57,17 +62,8 @@ def _bad(message: str, status: int = 400, code: str = "invalid_request") -> Resp
     return json_error(status, message, code)
 
 
-def _request_info(request: Request) -> RequestInfo:
-    scope = request.scope
-    client = scope.get("client")
-    return RequestInfo(
-        method=scope["method"],
-        path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
-        headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
-        client=client[0] if client else None,
-        surface="router-admin",
-        request_id=scope.get("sira.request_id", ""),
-    )
+def _is_admin(principal: Any) -> bool:
+    return isinstance(principal, Principal) and (principal.kind == "master" or ADMIN_ROLE in principal.roles)
 
 
 async def _body(request: Request) -> bytes:
@@ -88,13 +84,15 @@ def register_admin(register: RouteRegistrar, plugin: RouterPlugin, prefix: str, 
             kernel = plugin.kernel
             if kernel is None:
                 return json_error(503, "the router is not running", "plugin_unavailable", "server_error")
-            try:
-                principal = await kernel.pipeline.authenticate(kernel.snapshot, _request_info(request))
-            except AuthenticationFailed as exc:
-                return json_error(exc.status, exc.message, exc.code, exc.error_type)
-            if principal.kind != "master":
-                return json_error(403, "the router admin API needs the master key", "permission_denied",
-                                  "permission_error")
+            if not _is_admin(request.scope.get("sira.principal")):  # the admin listener's guard sets it
+                try:
+                    principal = await kernel.pipeline.authenticate(kernel.snapshot, request_info(request.scope,
+                                                                                                  "admin"))
+                except AuthenticationFailed as exc:
+                    return json_error(exc.status, exc.message, exc.code, exc.error_type)
+                if not _is_admin(principal):
+                    return json_error(403, "the router admin API needs the master key", "permission_denied",
+                                      "permission_error")
             try:
                 return await handler(request)
             except ValueError as exc:  # includes msgspec's DecodeError / ValidationError

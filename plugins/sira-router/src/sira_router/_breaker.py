@@ -105,7 +105,7 @@ class LocalBreaker:
     """The in-process :class:`Breaker`."""
 
     __slots__ = (
-        "_config", "_counts", "_epochs", "consecutive", "cooldown", "half_open", "key", "last_error",
+        "_config", "_counts", "_epochs", "_scale", "consecutive", "cooldown", "half_open", "key", "last_error",
         "open_until", "opened", "probe_started", "probing",
     )
 
@@ -121,6 +121,7 @@ class LocalBreaker:
         self.opened = 0
         self.last_error: str | None = None
         # Time-bucketed window: per bucket [attempts, failures] and the bucket's epoch number.
+        self._scale = _BUCKETS / config.window
         self._epochs = [-1] * _BUCKETS
         self._counts = [[0, 0] for _ in range(_BUCKETS)]
 
@@ -142,7 +143,7 @@ class LocalBreaker:
         return False
 
     def _count(self, now: float, failed: bool) -> None:
-        epoch = int(now * _BUCKETS / self._config.window)
+        epoch = int(now * self._scale)
         slot = epoch % _BUCKETS
         counts = self._counts[slot]
         if self._epochs[slot] != epoch:
@@ -153,7 +154,7 @@ class LocalBreaker:
             counts[1] += 1
 
     def _window(self, now: float) -> tuple[int, int]:
-        epoch = int(now * _BUCKETS / self._config.window)
+        epoch = int(now * self._scale)
         attempts = failures = 0
         for slot in range(_BUCKETS):
             if epoch - self._epochs[slot] < _BUCKETS:

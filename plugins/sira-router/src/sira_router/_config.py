@@ -230,8 +230,9 @@ class RouterConfig(_Section):
     """Decisions kept for ``GET /api/v1/route/decision-log``."""
     admin_prefix: str = "/api/v1"
     """Prefix of the admin API routes."""
-    admin_listener: Literal["public", "admin", "none"] = "public"
-    """Listener the admin API is registered on; ``none`` disables it."""
+    admin_listener: Literal["admin", "public", "none"] = "admin"
+    """Listener the admin API is registered on: the kernel's ``admin`` listener; ``public`` (guarded
+    by the master key here) when the kernel runs without one; ``none`` disables it."""
     rules_file: str | None = None
     """A JSON file holding the rules: read at start (it replaces ``rules`` when it exists) and
     rewritten by every change made through the admin API. None: admin changes last until restart."""

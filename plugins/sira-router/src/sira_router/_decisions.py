@@ -9,11 +9,11 @@ anything subscribes to ``route.decision``, published on the bus. It never contai
 from __future__ import annotations
 
 from collections import deque
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import msgspec
 
-__all__ = ["DecisionLog", "RouteAttempt", "RouteDecision"]
+__all__ = ["Decided", "DecisionLog", "RouteAttempt", "RouteDecision"]
 
 
 class RouteAttempt(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -73,22 +73,33 @@ class RouteDecision(msgspec.Struct, kw_only=True):
     tenant: str | None = None
 
 
+class Decided(Protocol):
+    """A finished plan: it builds its decision when asked (so the request path builds none)."""
+
+    def decision(self) -> RouteDecision: ...
+
+
 class DecisionLog:
-    """The last ``size`` decisions (a ring: appending never grows it past ``size``)."""
+    """The last ``size`` finished plans (a ring: appending never grows it past ``size``).
+
+    The ring keeps the plans themselves, which already hold everything a decision says, so
+    recording costs one append; :meth:`latest` builds the :class:`RouteDecision` structs."""
 
     def __init__(self, size: int) -> None:
-        self._ring: deque[RouteDecision] = deque(maxlen=size)
+        self._ring: deque[Decided] = deque(maxlen=size)
         self.recorded = 0
 
-    def append(self, decision: RouteDecision) -> None:
-        self._ring.append(decision)
+    def append(self, plan: Decided) -> None:
+        self._ring.append(plan)
         self.recorded += 1
 
     def latest(self, limit: int | None = None) -> list[RouteDecision]:
         """Newest first."""
         items = list(self._ring)
         items.reverse()
-        return items if limit is None else items[:limit]
+        if limit is not None:
+            items = items[:limit]
+        return [plan.decision() for plan in items]
 
     def __len__(self) -> int:
         return len(self._ring)

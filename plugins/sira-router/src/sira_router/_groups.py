@@ -116,8 +116,8 @@ class Group:
 
     __slots__ = (
         "aliases", "backoff", "bit", "budget", "chains", "config", "context_window", "deployments",
-        "expected_output", "fallbacks", "fallbacks_on", "implicit", "members", "name", "reason", "retries",
-        "strategy", "tiers", "timeout",
+        "expected_output", "fallbacks", "fallbacks_on", "implicit", "members", "name", "picker", "reason",
+        "retries", "scored", "strategy", "tiers", "timeout",
     )
 
     def __init__(
@@ -139,9 +139,15 @@ class Group:
         bit: int = 0,
         implicit: bool = False,
     ) -> None:
+        from ._strategies import PICKERS  # the strategies import this module
+
         self.name = name
         self.members = members
         self.strategy = strategy
+        self.picker = PICKERS.get(strategy)
+        """The synchronous pick function; None for ``usage`` (asynchronous, in the plan)."""
+        self.scored = strategy in ("least_busy", "latency", "cost")
+        """Whether the decision log's score must be taken when the pick is made (else: the weight)."""
         self.retries = retries
         self.backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
         self.timeout = timeout

@@ -38,7 +38,7 @@ from sira_kernel.accounting import estimate_text_tokens
 from ._decisions import RouteAttempt, RouteDecision
 from ._errors import BREAKER_KINDS, classify
 from ._groups import RETRY_KINDS, UNAVAILABLE, Group, Member, Tier
-from ._strategies import PICKERS, candidates, score_of, usable
+from ._strategies import candidates, score_of, usable
 
 if TYPE_CHECKING:
     from ._router import Router
@@ -68,9 +68,9 @@ class RouterPlan:
 
     __slots__ = (
         "_attempt_started", "_attempts", "_complexity", "_created", "_deadline", "_done", "_fallbacks",
-        "_group", "_group_attempts", "_group_started", "_in_flight", "_info", "_member", "_notes", "_origin",
-        "_pending", "_probe", "_router", "_rule", "_skipped", "_tokens", "_tried", "_visited", "model",
-        "principal", "request", "streaming",
+        "_finished_at", "_group", "_group_attempts", "_group_started", "_in_flight", "_info", "_member", "_notes",
+        "_origin", "_outcome", "_pending", "_probe", "_request_id", "_router", "_rule", "_skipped", "_tokens",
+        "_tried", "_visited", "model", "principal", "request", "streaming",
     )
 
     def __init__(self, router: Router, request: Any, principal: Principal, info: RequestInfo | None) -> None:
@@ -96,8 +96,11 @@ class RouterPlan:
         self._notes: list[str] | None = None
         self._tokens = -1
         self._complexity = -1.0
-        self._created = router.clock()
+        self._created = 0.0  # when the first attempt was chosen: the request's start, near enough
         self._attempt_started = 0.0
+        self._outcome = ""
+        self._finished_at = 0.0
+        self._request_id: str | None = None
         self._deadline = float("inf")
         self._pending = False
         self._done = True  # until bound to a group: a plan that routes nothing records nothing
@@ -173,7 +176,8 @@ class RouterPlan:
     # -- choosing ----------------------------------------------------------------------------------
 
     def _pick_sync(self, group: Group, now: float, mask: int) -> Member | None:
-        picker = PICKERS[group.strategy]
+        picker = group.picker
+        assert picker is not None
         for tier in group.tiers:
             member = picker(tier, now, mask, self)
             if member is not None:
@@ -181,7 +185,7 @@ class RouterPlan:
         return None
 
     async def _pick(self, group: Group, now: float, mask: int) -> Member | None:
-        if group.strategy == "usage":
+        if group.picker is None:  # the usage strategy
             for tier in group.tiers:
                 member = await self._pick_usage(tier, now, mask)
                 if member is not None:
@@ -239,8 +243,8 @@ class RouterPlan:
         group = self._group
         assert group is not None
         record = RouteAttempt(
-            deployment=member.name, group=group.name, why=why, score=score_of(group.strategy, member, self),
-            delay_s=round(delay, 4), probe=probe,
+            deployment=member.name, group=group.name, why=why, delay_s=delay, probe=probe,
+            score=score_of(group.strategy, member, self) if group.scored else member.weight,
         )
         if self._attempts is None:
             self._attempts = [record]
@@ -285,6 +289,17 @@ class RouterPlan:
         self._pending = False
         self._deadline = now + remaining
         if failure is None and self._attempts is None:
+            # The common case, kept flat: the first pick of a synchronous strategy.
+            group = self._group
+            assert group is not None
+            self._created = self._group_started = now
+            group.budget.deposit()
+            picker = group.picker
+            if picker is not None and group.context_window is None:
+                for tier in group.tiers:
+                    member = picker(tier, now, 0, self)
+                    if member is not None:
+                        return self._start(member, "first", now)
             return await self._first(now)
         if failure is None:  # not expected from the kernel: an attempt always reports
             return self._give_up(now)
@@ -294,17 +309,16 @@ class RouterPlan:
         return choice
 
     async def _first(self, now: float) -> Deployment | None:
+        """The first attempt when the fast path in :meth:`next` found nothing (or does not apply)."""
         group = self._group
         assert group is not None
-        self._group_started = now
-        group.budget.deposit()
         if group.context_window is not None and self.prompt_tokens() > group.context_window:
             self._note(f"prompt exceeds context window of {group.name!r} ({self._tokens} > {group.context_window})")
             choice = await self._fall_back("context_window", now)
             if choice is not None:
                 return choice
         else:
-            member = self._pick_sync(group, now, 0) if group.strategy != "usage" else await self._pick(group, now, 0)
+            member = await self._pick(group, now, 0)
             if member is not None:
                 return self._start(member, "first", now)
             choice = await self._fall_back(UNAVAILABLE, now)
@@ -415,7 +429,7 @@ class RouterPlan:
         attempts = self._attempts
         assert attempts is not None
         record = attempts[-1]
-        record.latency_ms = round(latency_s * 1000, 3)
+        record.latency_ms = latency_s * 1000
         alpha = router.config.latency_alpha
         if error is None:
             record.status = 200
@@ -458,24 +472,41 @@ class RouterPlan:
             self._finish("failed", self._router.clock())
 
     def _finish(self, outcome: str, now: float) -> None:
+        """The request is over: hand this plan to the decision log (the decision itself is built
+        only when someone reads it, see :meth:`decision`)."""
         if self._done:
             return
         self._done = True
         self._pending = False
+        self._outcome = outcome
+        self._finished_at = time.time()
+        info = self._info
+        if info is not None:
+            self._request_id = info.request_id
+            self._info = None  # its headers hold the caller's credentials: keep nothing of them
         self.request = None  # prompt text never outlives the request
+        self._router.record(self)
+
+    def decision(self) -> RouteDecision:
+        """This (finished) request's :class:`RouteDecision`."""
         origin = self._origin
         rule = self._rule
-        info = self._info
         assert origin is not None
-        self._router.record(RouteDecision(
-            request_id=info.request_id if info is not None else None,
-            timestamp=time.time(),
+        for attempt in self._attempts or ():  # final once the plan is done: tidy for display
+            if attempt.latency_ms is not None:
+                attempt.latency_ms = round(attempt.latency_ms, 3)
+            if attempt.score is not None:
+                attempt.score = round(attempt.score, 9)
+            attempt.delay_s = round(attempt.delay_s, 4)
+        return RouteDecision(
+            request_id=self._request_id,
+            timestamp=self._finished_at,
             model=self.model,
             group=origin.name,
             rule=rule.name if rule is not None else None,
             strategy=origin.strategy,
             reason=rule.reason if rule is not None else origin.reason,
-            outcome=outcome,
+            outcome=self._outcome,
             attempts=self._attempts or [],
             fallbacks=self._fallbacks or [],
             skipped=self._skipped or [],
@@ -484,7 +515,7 @@ class RouterPlan:
             prompt_tokens=self._tokens if self._tokens >= 0 else None,
             principal=self.principal.id,
             tenant=self.principal.tenant,
-        ))
+        )
 
     def __del__(self) -> None:
         # The kernel reports every attempt that ends, but an attempt cancelled with its request (the

@@ -44,6 +44,7 @@ from sira_kernel.registrations import RouteRegistrar, ServiceRegistrar, Subscrip
 from ._admin import register_admin
 from ._config import RouterConfig, RuleConfig
 from ._decisions import RouteDecision
+from ._plan import RouterPlan
 from ._router import Router, RouterState
 
 __all__ = ["RouterPlugin"]
@@ -52,20 +53,20 @@ _log = get_logger("router")
 _REQUEST_INFO: ContextVar[RequestInfo | None] = ContextVar("sira_router_request_info", default=None)
 
 
-def _publisher(bus: MessageBus) -> Callable[[RouteDecision], None]:
-    """Publish decisions only while something subscribes to ``route.decision`` (checked again
-    whenever the bus's subscription tuple changes, which it does on every add or remove)."""
+def _publisher(bus: MessageBus) -> Callable[[RouterPlan], None]:
+    """Build and publish decisions only while something subscribes to ``route.decision`` (checked
+    again whenever the bus's subscription tuple changes, which it does on every add or remove)."""
     seen: tuple[Any, ...] | None = None
     wanted = False
 
-    def publish(decision: RouteDecision) -> None:
+    def publish(plan: RouterPlan) -> None:
         nonlocal seen, wanted
         subscriptions = bus.subscriptions
         if subscriptions is not seen:
             seen = subscriptions
             wanted = any(topic_matches(s.pattern, RouteDecision.topic) for s in subscriptions)
         if wanted:
-            bus.publish_nowait(decision)
+            bus.publish_nowait(plan.decision())
 
     return publish
 

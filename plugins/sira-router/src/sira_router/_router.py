@@ -98,7 +98,8 @@ class Router:
         self.breakers: BreakerStore = breakers or LocalBreakers(config.breaker)
         self.count_tokens = count_tokens
         self.price_book = price_book
-        self.publish: Callable[[RouteDecision], None] | None = None
+        self.publish: Callable[[RouterPlan], None] | None = None
+        """Called with every finished plan (the plugin publishes ``plan.decision()`` when subscribed)."""
         self.decisions = DecisionLog(config.decision_log_size)
         self.upstreams: dict[str, Upstream] = {}
         self.groups: dict[str, Group] = compile_groups(config, self.upstreams, self.breakers, clock)
@@ -197,11 +198,11 @@ class Router:
     def _all_groups(self) -> list[Group]:
         return [*self.named.values(), *self._targets.values(), *self._derived]
 
-    def record(self, decision: RouteDecision) -> None:
-        """A plan finished: keep its decision and publish it."""
-        self.decisions.append(decision)
+    def record(self, plan: RouterPlan) -> None:
+        """A plan finished: keep it in the decision log and publish its decision."""
+        self.decisions.append(plan)
         if self.publish is not None:
-            self.publish(decision)
+            self.publish(plan)
 
     async def observe_usage(self, record: UsageRecord) -> None:
         """Charge a request's tokens to its deployment's tokens-per-minute bucket (off the hot path)."""

@@ -209,16 +209,14 @@ PICKERS: dict[str, Callable[[Tier, float, int, PickContext], Member | None]] = {
 
 def score_of(strategy: str, member: Member, ctx: PickContext) -> float | None:
     """The chosen member's score under ``strategy``, for the decision log."""
-    if strategy == "weighted":
-        return member.weight
     if strategy == "least_busy":
         return float(member.upstream.in_flight)
     if strategy == "latency":
-        return round(_latency_score(member, ctx.streaming), 6)
+        return _latency_score(member, ctx.streaming)
     if strategy == "cost":
         prompt = ctx.known_prompt_tokens()
         if prompt is None:
             return None
         cost = _cost(member, prompt, ctx.output_tokens())
-        return None if cost == _INF else round(cost, 8)
-    return None
+        return None if cost == _INF else cost
+    return member.weight
