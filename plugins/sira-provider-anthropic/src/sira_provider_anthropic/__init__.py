@@ -8,10 +8,11 @@ config keys.
 
 from __future__ import annotations
 
+from sira_kernel.sse import SSEDecoder
+
 from ._config import AnthropicConfig
 from ._plugin import AnthropicProviderPlugin
 from ._provider import AnthropicProvider
-from ._sse import SSEDecoder
 from ._stream import StreamParser
 from ._translate import UnsupportedRequest, to_anthropic
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import msgspec
 from sira_kernel.errors import ProviderError, ProviderUnavailable
+from sira_kernel.sse import SSEDecoder
 from sira_kernel.types import (
     Finish,
     ReasoningDelta,
@@ -39,7 +40,6 @@ from sira_kernel.types import (
 )
 
 from ._errors import ERROR_STATUS, error_for, sanitize, upstream_error
-from ._sse import SSEDecoder
 from ._wire import AnthropicMessage, AnthropicUsage, Block, finish_reason, to_usage
 
 __all__ = ["StreamParser"]

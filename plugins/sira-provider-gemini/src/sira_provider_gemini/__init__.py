@@ -8,11 +8,12 @@ for the config keys.
 
 from __future__ import annotations
 
+from sira_kernel.sse import SSEDecoder
+
 from ._config import GeminiConfig, SafetySetting
 from ._plugin import GeminiProviderPlugin
 from ._provider import GeminiProvider
 from ._schema import to_gemini_schema
-from ._sse import SSEDecoder
 
 __all__ = [
     "GeminiConfig",

@@ -6,11 +6,11 @@ from collections.abc import Iterable
 
 import msgspec
 from sira_kernel.errors import ProviderError, ProviderUnavailable
+from sira_kernel.sse import SSEDecoder
 from sira_kernel.types import StreamEvent, StreamStart
 
 from ._errors import blocked_prompt, status_error
 from ._response import GenerateContentResponse, Translator, decode_response
-from ._sse import SSEDecoder
 
 __all__ = ["StreamParser"]
 

@@ -6,9 +6,10 @@ format. One plugin activation serves one upstream; see the README for the config
 
 from __future__ import annotations
 
+from sira_kernel.sse import SSEDecoder
+
 from ._config import OpenAIConfig
 from ._plugin import OpenAIProviderPlugin
 from ._provider import OpenAIProvider
-from ._sse import SSEDecoder
 
 __all__ = ["OpenAIConfig", "OpenAIProvider", "OpenAIProviderPlugin", "SSEDecoder"]

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 
 import msgspec
 from sira_kernel.errors import ProviderError, ProviderUnavailable
+from sira_kernel.sse import SSEDecoder
 from sira_kernel.types import StreamEvent, StreamStart
 
 from ._errors import sanitize, upstream_message
-from ._sse import SSEDecoder
 from ._wire import Chunk, chunk_events, decode_chunk
 
 __all__ = ["StreamParser"]
