@@ -25,7 +25,7 @@ nobody qualifies.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 from sira_kernel import AuthenticationFailed, ChatRequest, ConfigError, Principal
@@ -75,7 +75,9 @@ async def _body(request: Request) -> bytes:
     return body
 
 
-def register_admin(register: RouteRegistrar, plugin: RouterPlugin, prefix: str, listener: str) -> None:
+def register_admin(
+    register: RouteRegistrar, plugin: RouterPlugin, prefix: str, listener: Literal["admin", "public"]
+) -> None:
     """Register every admin route under ``prefix`` on ``listener``."""
     router = plugin.router
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from sira_kernel import Deployment, Principal, ProviderError, ProviderUnavailable, RateLimited, RequestInfo
@@ -41,6 +41,8 @@ from ._groups import RETRY_KINDS, UNAVAILABLE, Group, Member, Tier
 from ._strategies import candidates, score_of, usable
 
 if TYPE_CHECKING:
+    from tenacity import RetryCallState
+
     from ._router import Router
     from ._rules import CompiledRule
 
@@ -301,11 +303,9 @@ class RouterPlan:
                     if member is not None:
                         return self._start(member, "first", now)
             return await self._first(now)
-        if failure is None:  # not expected from the kernel: an attempt always reports
-            return self._give_up(now)
-        choice = await self._after(failure, now, remaining)
-        if choice is None:
-            return self._give_up(now)
+        choice = None if failure is None else await self._after(failure, now, remaining)
+        if choice is None:  # (failure is None here only if the kernel skipped a report: stop too)
+            self._finish("failed", now)
         return choice
 
     async def _first(self, now: float) -> Deployment | None:
@@ -361,7 +361,7 @@ class RouterPlan:
             member = await self._pick(group, now, 0)
             if member is None:
                 return None
-            delay = group.backoff(_Attempt(self._group_attempts))
+            delay = group.backoff(cast("RetryCallState", _Attempt(self._group_attempts)))
             if delay >= remaining:
                 self._note(f"backoff of {delay:.3f}s would pass the deadline")
                 return None
@@ -409,10 +409,6 @@ class RouterPlan:
             f"no deployment of {group.name!r} can take requests now ({detail})",
             status=503, code="no_deployment_available", retry_after=retry_after,
         )
-
-    def _give_up(self, now: float) -> None:
-        self._finish("failed", now)
-        return None
 
     def report(
         self, deployment: Deployment, error: ProviderError | None, latency_s: float, first_token_s: float | None

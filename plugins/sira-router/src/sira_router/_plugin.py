@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import msgspec
@@ -118,12 +118,15 @@ class RouterPlugin:
 
     @hookimpl
     def sira_register_services(self, register: ServiceRegistrar) -> None:
-        register(RouterState, self.router, health=self.router.health)
+        # The check answers a RouterHealth: its truth value is the health, its ``detail`` names the
+        # breakers that are not closed (the kernel keeps only the truth value for now).
+        register(RouterState, self.router, health=cast(Callable[[], bool], self.router.health))
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:
-        if self.config.admin_listener != "none":
-            register_admin(register, self, self.config.admin_prefix.rstrip("/"), self.config.admin_listener)
+        listener = self.config.admin_listener
+        if listener != "none":
+            register_admin(register, self, self.config.admin_prefix.rstrip("/"), listener)
 
     @hookimpl
     def sira_register_subscriptions(self, register: SubscriptionRegistrar) -> None:

@@ -129,14 +129,14 @@ class Router:
                 group = rule.choose(plan)
                 plan.bind(group, rule)
                 return Route(group.deployments, rule.reason, plan)
-            group = self.groups.get(request.model) or self._unlisted(request.model, routes)
-            if group is None:
+            found = self.groups.get(request.model) or self._unlisted(request.model, routes)
+            if found is None:
                 return None
-            return Route(group.deployments, group.reason, plan.bind(group))
-        group = self.groups.get(request.model) or self._unlisted(request.model, routes)
-        if group is None:
+            return Route(found.deployments, found.reason, plan.bind(found))
+        found = self.groups.get(request.model) or self._unlisted(request.model, routes)
+        if found is None:
             return None
-        return Route(group.deployments, group.reason, RouterPlan(self, request, principal, info).bind(group))
+        return Route(found.deployments, found.reason, RouterPlan(self, request, principal, info).bind(found))
 
     def _unlisted(self, model: str, routes: RouteTable | None) -> Group | None:
         if not self.config.route_unlisted or routes is None:
