@@ -108,6 +108,7 @@ class Router:
         self._budgets: dict[str, RetryBudget] = {}
         self._implicit: dict[str, Group] = {}
         self._targets: dict[str, Group] = {}
+        self._targets_next: dict[str, Group] = {}
         self._derived: list[Group] = []
         self._routes: RouteTable | None = None
         self.rules: RuleSet = self._compile_rules(config.rules)
@@ -224,7 +225,7 @@ class Router:
             provider, sep, model = target.partition("/")
             if not (sep and provider and model):
                 raise ConfigError(f"{where}: target {target!r} is neither a group nor provider/model")
-            group = self._targets.get(target)
+            group = self._targets_next.get(target) or self._targets.get(target)
             if group is None:
                 budget = RetryBudget(self.config.budget, self.clock)
                 group = implicit_group(
@@ -233,20 +234,25 @@ class Router:
                 group.implicit = False
                 if self._routes is not None:
                     group.members[0].upstream.active = provider in self._routes.providers
-                self._targets[target] = group
+            self._targets_next[target] = group
         if tags:
             group = group.subset(frozenset(tags), where)
             self._derived.append(group)
         return group
 
     def _compile_rules(self, configs: Sequence[RuleConfig]) -> RuleSet:
+        """Compile ``configs``; the deployment targets and tag subsets of the rules they replace are
+        dropped (a target kept by the new rules keeps its group, and so its retry budget)."""
         derived = self._derived
         self._derived = []
+        self._targets_next = {}
         try:
-            return RuleSet(configs, self._resolve)
+            rules = RuleSet(configs, self._resolve)
         except BaseException:
             self._derived = derived
             raise
+        self._targets = self._targets_next
+        return rules
 
     def set_rules(self, configs: Sequence[RuleConfig]) -> None:
         """Replace every rule (validated first; on error nothing changes)."""

@@ -216,9 +216,11 @@ class RuleSet:
         rules = [CompiledRule(c, i, resolve) for i, c in enumerate(configs) if c.enabled]
         rules.sort(key=lambda r: (-r.priority, r.order))
         self.rules = tuple(rules)
-        # Rules naming only exact models are indexed by them; the rest apply to any model.
-        self.wildcard = tuple(r for r in rules if r.model_matcher is None or not r.exact_models
-                              or len(r.exact_models) != len(r.config.when.models))
+        # Rules naming only exact models are indexed by them; the rest (no model condition, or a
+        # glob among the models) are tried for every model.
+        self.wildcard = tuple(
+            r for r in rules if r.model_matcher is None or any(_GLOB.search(m) for m in r.config.when.models)
+        )
         by_model: dict[str, tuple[CompiledRule, ...]] = {}
         for model in {m for r in rules for m in r.exact_models}:
             by_model[model] = tuple(r for r in rules if model in r.exact_models or r in self.wildcard)
