@@ -124,7 +124,7 @@ class RouterPlan:
         return self._router.rng.random()
 
     def randrange(self, n: int) -> int:
-        return self._router.rng.randrange(n)
+        return int(self._router.rng.random() * n)  # random() < 1, so always < n; faster than randrange
 
     def prompt_tokens(self) -> int:
         if self._tokens < 0:
