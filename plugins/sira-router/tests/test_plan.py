@@ -185,6 +185,10 @@ async def test_a_long_prompt_skips_a_group_whose_context_window_it_exceeds() -> 
         assert decision.prompt_tokens is not None and decision.prompt_tokens > 50
         await kernel.pipeline.chat(ask(text="short"), info := new_info())
         assert info.route == "a/m; attempts=1"
+    config = {"groups": {"g": group("a", context_window=50)}}  # no larger group: the upstream decides
+    async with kernel_with(config) as kernel:
+        await kernel.pipeline.chat(ask(text="word " * 400), info := new_info())
+        assert info.route == "a/m; attempts=1"
 
 
 async def test_max_attempts_bounds_a_request() -> None:

@@ -317,13 +317,13 @@ class RouterPlan:
             choice = await self._fall_back("context_window", now)
             if choice is not None:
                 return choice
-        else:
-            member = await self._pick(group, now, 0)
-            if member is not None:
-                return self._start(member, "first", now)
-            choice = await self._fall_back(UNAVAILABLE, now)
-            if choice is not None:
-                return choice
+            # No larger group can take it: let the group's own upstream judge (and explain) it.
+        member = await self._pick(group, now, 0)
+        if member is not None:
+            return self._start(member, "first", now)
+        choice = await self._fall_back(UNAVAILABLE, now)
+        if choice is not None:
+            return choice
         raise self._unavailable(now)
 
     async def _after(self, failure: ProviderError, now: float, remaining: float) -> Deployment | None:
