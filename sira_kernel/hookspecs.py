@@ -111,10 +111,11 @@ def sira_authorize(
 
 @hookspec(firstresult=True)
 def sira_route(
-    request: Any, principal: Principal, routes: RouteTable
+    request: Any, principal: Principal, routes: RouteTable, info: RequestInfo
 ) -> Route | None | Awaitable[Route | None]:
     """Choose where a request goes. First non-None ``Route`` wins. ``routes`` is the table of models
-    the active providers serve; the kernel's default maps the model name to the provider serving it.
+    the active providers serve; ``info`` the HTTP facts (headers, path, request id). The kernel's
+    default maps the model name to the provider serving it.
     """
 
 

@@ -139,7 +139,7 @@ class KernelDefaults:
         return None
 
     @hookimpl(trylast=True)
-    def sira_route(self, request: Any, principal: Principal, routes: RouteTable) -> Route | None:
+    def sira_route(self, request: Any, routes: RouteTable) -> Route | None:
         deployments = routes.lookup(request.model)
         if not deployments:
             return None

@@ -196,7 +196,10 @@ class ChatStream:
                 elif client_gone:
                     record.status, record.error_code = CLIENT_CLOSED, "client_closed"
                 record.attempt_log[-1].latency_ms = (time.perf_counter() - self._attempt_started) * 1000
-                ttft = None if record.ttft_ms is None else record.ttft_ms / 1000
+                # the plan judges its deployment: time to first token from this attempt's start
+                ttft = None
+                if record.ttft_ms is not None:
+                    ttft = max(0.0, record.ttft_ms / 1000 - (self._attempt_started - call.started))
                 error = None
                 if failed is not None:
                     error = ProviderError(failed.message, status=failed.status, code=failed.code,
@@ -272,10 +275,12 @@ class Pipeline:
                 target = f" on model {model!r}" if model else ""
                 raise AuthorizationDenied(f"not allowed to {operation}{target}")
 
-    async def route(self, snap: Snapshot, request: Any, principal: Principal) -> Route:
+    async def route(
+        self, snap: Snapshot, request: Any, principal: Principal, info: RequestInfo | None = None
+    ) -> Route:
         for function, plugin_id in snap.route:
             try:
-                answer: Any = function(request=request, principal=principal, routes=snap.route_table)
+                answer: Any = function(request=request, principal=principal, routes=snap.route_table, info=info)
                 if inspect.isawaitable(answer):
                     answer = await answer
             except SiraError:
@@ -361,7 +366,7 @@ class Pipeline:
         record.principal, record.principal_kind = principal.id, principal.kind
         record.tenant, record.team = principal.tenant, principal.team
         await self.authorize(snap, principal, info, operation, model)
-        route = await self.route(snap, request, principal)
+        route = await self.route(snap, request, principal, info)
         known = snap.route_table.info(model)
         wanted = "embedding" if operation == "embeddings" else "chat"
         if known is not None and known.kind != wanted:

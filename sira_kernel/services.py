@@ -87,7 +87,11 @@ class ServiceRegistry:
                     if inspect.isawaitable(answer):
                         answer = await answer
                 results[i].healthy = bool(answer)
-                if not answer:
+                # a check may answer with an object carrying ``detail`` (and a truth value)
+                detail = getattr(answer, "detail", None)
+                if isinstance(detail, str):
+                    results[i].detail = detail
+                elif not answer:
                     results[i].detail = "health check returned false"
             except TimeoutError:
                 results[i].healthy = False

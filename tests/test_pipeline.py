@@ -329,3 +329,28 @@ async def test_no_retry_once_a_stream_has_started() -> None:
 async def _failing_after_start() -> Any:
     raise ProviderUnavailable("connection reset mid-stream", provider="first")
     yield  # pragma: no cover - makes this an async generator
+
+
+class HeaderRouter:
+    """Routes on a request header, which only the ``info`` argument carries."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_route(self, request: Any, routes: Any, info: RequestInfo) -> Any:
+        from sira_kernel import Deployment, Route
+
+        if info.headers.get("x-tier") == "second":
+            return Route((Deployment("second", "fake-1"),), reason="header x-tier")
+        return None
+
+
+async def test_sira_route_sees_the_http_request() -> None:
+    plugins = {"router": HeaderRouter, "first": FakeProviderPlugin, "second": FakeProviderPlugin}
+    async with make_kernel(plugins) as kernel:
+        tiered = RequestInfo(method="POST", path="/", headers={"x-tier": "second"})
+        await kernel.pipeline.chat(chat(), tiered)
+        assert tiered.route == "second/fake-1; attempts=1"
+        plain = RequestInfo(method="POST", path="/", headers={})
+        await kernel.pipeline.chat(chat(), plain)
+        assert plain.route == "first/fake-1; attempts=1"

@@ -175,3 +175,24 @@ def test_the_registry_swaps_a_whole_mapping() -> None:
     registry._replace([])
     assert registry._by_key is not before
     assert not hasattr(registry, "lock") and not hasattr(registry, "_lock")
+
+
+async def test_a_health_answer_with_detail_is_reported() -> None:
+    class Report:
+        def __init__(self, ok: bool, detail: str) -> None:
+            self.ok, self.detail = ok, detail
+
+        def __bool__(self) -> bool:
+            return self.ok
+
+    class Checked:
+        sira_api = 1
+
+        @hookimpl
+        def sira_register_services(self, register: Any) -> None:
+            register(KeyStore, MemoryKeyStore({}), name="a", health=lambda: Report(False, "breaker open: b1"))
+            register(KeyStore, MemoryKeyStore({}), name="b", health=lambda: Report(True, "2 deployments closed"))
+
+    async with make_kernel({"checked": Checked}) as kernel:
+        report = {h.name: (h.healthy, h.detail) for h in await kernel.services.health()}
+        assert report == {"a": (False, "breaker open: b1"), "b": (True, "2 deployments closed")}
