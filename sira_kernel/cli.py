@@ -33,7 +33,7 @@ from .config import KernelConfig, load_config
 from .errors import ConfigError
 from .server import CONFIG_ENV
 
-__all__ = ["main"]
+__all__ = ["CLI_ENTRY_POINT_GROUP", "CLIError", "admin_client", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -274,15 +274,16 @@ def _pid_file(config: KernelConfig) -> Path:
     return _data_dir(config) / "sira.pid"
 
 
-def _read_pid_file(pid_file: Path) -> tuple[int, str | None, int | None] | None:
-    """(pid, host, port) from a pid file written by ``sira start``; None if absent or unreadable."""
+def _read_pid_file(pid_file: Path) -> tuple[int, str | None, int | None, int | None] | None:
+    """(pid, host, port, admin port) from a pid file written by ``sira start``; None if unreadable."""
     try:
         fields = pid_file.read_text().split()
         pid = int(fields[0])
         host, port = (fields[1], int(fields[2])) if len(fields) >= 3 else (None, None)
+        admin = int(fields[3]) if len(fields) >= 4 else None
     except (OSError, ValueError, IndexError):
         return None
-    return pid, host, port
+    return pid, host, port, admin
 
 
 def _read_pid(pid_file: Path) -> int | None:
@@ -337,7 +338,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    pid_file.write_text(f"{process.pid} {config.server.host} {config.server.port}\n")
+    admin = config.server.admin_port if config.server.admin else 0
+    pid_file.write_text(f"{process.pid} {config.server.host} {config.server.port} {admin}\n")
     url = _local_url(config)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -438,7 +440,56 @@ def _parser() -> argparse.ArgumentParser:
     start.set_defaults(func=cmd_start)
     with_config(sub.add_parser("status", help="is the background gateway running?")).set_defaults(func=cmd_status)
     with_config(sub.add_parser("stop", help="stop the background gateway")).set_defaults(func=cmd_stop)
+    _plugin_commands(sub, with_config)
     return parser
+
+
+CLI_ENTRY_POINT_GROUP = "sira_kernel.cli"
+"""Entry-point group through which plugin distributions add ``sira`` subcommands.
+
+The value is a function ``add_commands(subparsers, with_config) -> None`` that adds parsers to the
+``sira`` command's subparsers; each parser sets ``func=`` to a function of the parsed arguments
+returning an exit code. ``with_config(parser)`` adds the standard ``--config`` option, and
+:func:`admin_client` gives such a command an HTTP client for the running gateway's admin API.
+A command that fails to load is skipped with a one-line warning; the kernel's own commands win.
+"""
+
+
+def _plugin_commands(sub: Any, with_config: Any) -> None:
+    from importlib_metadata import entry_points
+
+    taken = set(sub.choices)
+    for ep in entry_points(group=CLI_ENTRY_POINT_GROUP):
+        if ep.name in taken:
+            continue
+        try:
+            ep.load()(sub, with_config)
+        except Exception as exc:  # a broken plugin command must not break `sira`
+            print(f"sira: warning: command {ep.name!r} from {ep.value} failed to load: {exc}", file=sys.stderr)
+
+
+def admin_client(args: argparse.Namespace, timeout: float = 30.0) -> Any:
+    """An ``httpx.Client`` for the admin API of the gateway that ``--config`` describes.
+
+    The key comes from ``$SIRA_ADMIN_KEY``, else ``server.master_key``; the address from the config
+    (or the pid file written by ``sira start``).
+    """
+    import httpx
+
+    config = _load(args)
+    entry = _read_pid_file(_pid_file(config))
+    host = config.server.admin_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    port = config.server.admin_port
+    if entry is not None and entry[3] and _read_pid(_pid_file(config)) is not None:
+        port = entry[3]  # where `sira start` put the admin listener
+    key = os.environ.get("SIRA_ADMIN_KEY") or (config.server.master_key.reveal() if config.server.master_key else "")
+    if not key:
+        raise CLIError("no admin key: set $SIRA_ADMIN_KEY or server.master_key")
+    if ":" in host:
+        host = f"[{host}]"
+    return httpx.Client(base_url=f"http://{host}:{port}", headers={"authorization": f"Bearer {key}"}, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
