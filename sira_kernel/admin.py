@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .auth import RequestInfo
 from .errors import AuthorizationDenied, RequestError, SiraError
+from .surface import request_info
 
 if TYPE_CHECKING:
     from .asgi import ASGIApp, Receive, Scope, Send
@@ -41,20 +41,6 @@ _encode = msgspec.json.encode
 def _error(exc: SiraError) -> Response:
     body = {"error": {"message": exc.message, "type": exc.error_type, "param": exc.param, "code": exc.code}}
     return Response(_encode(body), status_code=exc.status, media_type="application/json")
-
-
-def request_info(scope: Scope, surface: str) -> RequestInfo:
-    """RequestInfo from an ASGI scope: raw path, lower-cased headers, client address, request id."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-    client = scope.get("client")
-    return RequestInfo(
-        method=scope.get("method", "GET"),
-        path=scope.get("raw_path", b"").decode("latin-1") or scope.get("path", ""),
-        headers=headers,
-        client=client[0] if client else None,
-        surface=surface,
-        request_id=scope.get("sira.request_id", ""),
-    )
 
 
 class AdminGuard:

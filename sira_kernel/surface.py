@@ -1,0 +1,350 @@
+"""The ASGI plumbing every HTTP surface plugin needs, so that a surface keeps only its wire format.
+
+A surface (``api-openai``, ``api-anthropic``, yours) registers raw ASGI endpoints (no per-request
+Starlette ``Request``: this is the hot path) that turn a wire-format request into kernel types, run it
+through ``kernel.pipeline`` and turn the answer, or the :class:`~sira_kernel.errors.SiraError` it
+raised, back into the wire format. Everything between those two translations is here:
+
+* :class:`Endpoint` is the base of an endpoint: it ends a request quietly when the client went away
+  (:class:`ClientGone`) and answers a ``SiraError`` with the surface's :meth:`Endpoint.send_error`.
+* :func:`read_body` reads the request body under ``limits.max_body_bytes`` (413
+  :class:`~sira_kernel.errors.PayloadTooLarge`); :func:`request_info` builds the
+  :class:`~sira_kernel.auth.RequestInfo` the pipeline wants.
+* :func:`unless_disconnected` runs a pipeline call and cancels it (and the upstream call with it) if
+  the client disconnects first.
+* :func:`send_json` answers a whole JSON response; :func:`start_event_stream` sends the head of a
+  ``text/event-stream`` one and :func:`relay_stream` runs the surface's stream writer beside a
+  disconnect watcher, then closes the :class:`~sira_kernel.pipeline.ChatStream` with the right
+  ``client_gone`` (a client that went away is a 499 in the usage record).
+* :func:`request_id_header`, :func:`route_header`, :func:`retry_after_headers` build the headers
+  every answer carries: the request id, where the pipeline sent the request (``x-sira-route``) and,
+  on an error that says when to try again, ``retry-after``.
+
+A chat endpoint with these helpers (``encode``, ``error_body`` and ``write_events`` are the wire
+format)::
+
+    class Chat(Endpoint):
+        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+            kernel = self.kernel
+            body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
+            request = decode(body)
+            info = request_info(scope, "mine")
+            if not request.stream:
+                response = await unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
+                await send_json(scope, send, 200, encode(response), route_header(info))
+                return
+            stream = await unless_disconnected(receive, lambda: kernel.pipeline.stream(request, info))
+            await relay_stream(receive, send, stream, write_events, scope, send, stream, route_header(info))
+
+        async def send_error(self, scope: Scope, send: Send, exc: SiraError) -> None:
+            await send_json(scope, send, exc.status, error_body(exc), retry_after_headers(exc))
+
+``write_events`` sends the head (:func:`start_event_stream`) and every event, and returns the bytes
+that end the stream; :func:`relay_stream` sends them once the writer is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Generic, ParamSpec, Protocol, TypeVar
+
+import anyio
+
+from .asgi import Receive, Scope, Send
+from .auth import RequestInfo
+from .errors import PayloadTooLarge, SiraError
+from .types import StreamError
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .pipeline import ChatStream
+
+__all__ = [
+    "SSE_HEADERS",
+    "ClientGone",
+    "Endpoint",
+    "Receive",
+    "Scope",
+    "Send",
+    "SurfacePlugin",
+    "read_body",
+    "relay_stream",
+    "request_id_header",
+    "request_info",
+    "retry_after_headers",
+    "route_header",
+    "send_json",
+    "start_event_stream",
+    "stream_error",
+    "unless_disconnected",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+Headers = list[tuple[bytes, bytes]]
+
+_JSON = (b"content-type", b"application/json")
+SSE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx: do not buffer the stream
+)
+"""The head of every ``text/event-stream`` answer (:func:`start_event_stream` sends it)."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before it was answered: there is nobody left to send an error to.
+
+    Raised by :func:`read_body` and :func:`unless_disconnected`; :class:`Endpoint` ends the request
+    quietly on it. It is not a :class:`~sira_kernel.errors.SiraError`: it never becomes an answer.
+    """
+
+
+# -- the request -------------------------------------------------------------------------------------
+
+
+def request_info(scope: Scope, surface: str) -> RequestInfo:
+    """The :class:`RequestInfo` of an ASGI scope, for ``surface`` (``"openai"``, ``"admin"``…).
+
+    ``path`` is the raw ASGI path (never rebuilt from the Host header), header names are lower-cased
+    (a repeated header keeps its last value), ``client`` is the peer address and ``request_id`` the
+    id the kernel bound to the request (``scope["sira.request_id"]``). A websocket scope has no
+    method: it reads as ``GET``.
+    """
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    client = scope.get("client")
+    return RequestInfo(
+        method=scope.get("method", "GET"),
+        path=scope.get("raw_path", b"").decode("latin-1") or scope["path"],
+        headers=headers,
+        client=client[0] if client else None,
+        surface=surface,
+        request_id=scope.get("sira.request_id", ""),
+    )
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body; :class:`PayloadTooLarge` (413) as soon as it is known to pass ``limit`` bytes.
+
+    A ``Content-Length`` over the limit is refused before anything is read; otherwise the chunks are
+    counted as they arrive, so a body without (or lying about) its length is refused once it passes
+    the limit, without being held whole. Raises :class:`ClientGone` if the client disconnects first.
+    """
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            break
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body = message.get("body", b"")
+        if body:
+            total += len(body)
+            if total > limit:
+                raise PayloadTooLarge(f"the request body is larger than the limit of {limit} bytes")
+            chunks.append(body)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def unless_disconnected(receive: Receive, call: Callable[[], Awaitable[T]]) -> T:
+    """Await ``call()``; if the client disconnects first, cancel it (and the upstream call with it).
+
+    Raises :class:`ClientGone` when the client went away, and the call's own exception as it was
+    raised (not wrapped in an ``ExceptionGroup`` by the task group that watches the client). Use it
+    after the body was read: the watcher consumes ``receive``.
+    """
+    gone = False
+    error: Exception | None = None
+    result: T
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            nonlocal gone
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone = True
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            result = await call()
+        except Exception as exc:  # re-raised below, so that it is not wrapped in an ExceptionGroup
+            error = exc
+        tg.cancel_scope.cancel()
+    if gone:
+        raise ClientGone
+    if error is not None:
+        raise error
+    return result
+
+
+# -- headers -----------------------------------------------------------------------------------------
+
+
+def request_id_header(scope: Scope, name: bytes = b"x-request-id") -> tuple[bytes, bytes]:
+    """The request id (``scope["sira.request_id"]``) as a response header, under ``name``.
+
+    :func:`send_json` and :func:`start_event_stream` send ``x-request-id`` already; a surface whose
+    clients read the id under another name adds it with this (Anthropic's ``request-id``).
+    """
+    return (name, scope.get("sira.request_id", "").encode())
+
+
+def route_header(info: RequestInfo) -> Headers | None:
+    """``x-sira-route: <provider>/<model>; attempts=<n>``: where the pipeline sent the request.
+
+    ``None`` until the pipeline answered (``info.route`` is set by ``chat``, ``stream`` and
+    ``embed``), so it can be passed as the ``headers`` of :func:`send_json` either way.
+    """
+    return None if info.route is None else [(b"x-sira-route", info.route.encode())]
+
+
+def retry_after_headers(exc: SiraError) -> Headers:
+    """``retry-after`` (whole seconds, at least 1) when the error says when to try again, else ``[]``."""
+    if exc.retry_after is None:
+        return []
+    return [(b"retry-after", str(max(1, round(exc.retry_after))).encode())]
+
+
+# -- answering ---------------------------------------------------------------------------------------
+
+
+async def send_json(scope: Scope, send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
+    """Send a whole JSON answer: ``content-type``, ``x-request-id``, ``headers``, ``content-length``."""
+    head = [_JSON, (b"x-request-id", scope.get("sira.request_id", "").encode())]
+    if headers:
+        head.extend(headers)
+    head.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def start_event_stream(scope: Scope, send: Send, headers: Headers | None = None) -> None:
+    """Send the head of a 200 ``text/event-stream`` answer: :data:`SSE_HEADERS`, ``x-request-id``, ``headers``.
+
+    The body follows as ``http.response.body`` messages with ``more_body=True``; the last one is
+    :func:`relay_stream`'s to send.
+    """
+    head = [*SSE_HEADERS, (b"x-request-id", scope.get("sira.request_id", "").encode())]
+    if headers:
+        head.extend(headers)
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+
+
+def stream_error(exc: SiraError) -> StreamError:
+    """The :class:`~sira_kernel.types.StreamError` event for an error raised after a stream started."""
+    return StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
+
+
+async def relay_stream(
+    receive: Receive,
+    send: Send,
+    stream: ChatStream,
+    write: Callable[P, Awaitable[bytes]],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> bool:
+    """Run ``write(*args, **kwargs)`` beside a disconnect watcher, end the response, close ``stream``.
+
+    ``write`` sends the head and the events of ``stream`` and returns the bytes that end the
+    response; they go out as the last body message. If the client disconnects (or the server fails
+    to write to it, ``OSError``) before then, the writer is cancelled. Either way ``stream`` is closed
+    with ``client_gone`` set accordingly (the usage record says 499), and that is what this returns.
+    A disconnect reported after the last byte is not the client going away: servers report one
+    when the response is complete. The writer's own exception is re-raised unwrapped, once the
+    stream is closed.
+    """
+    client_gone = False
+    finished = False
+    error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def watch_disconnect() -> None:
+                nonlocal client_gone
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        client_gone = not finished
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(watch_disconnect)
+            # Caught here, inside the task group: once out of it, anyio has wrapped them in an
+            # ExceptionGroup that ``except OSError`` would not match.
+            try:
+                last = await write(*args, **kwargs)
+                finished = True
+                await send({"type": "http.response.body", "body": last, "more_body": False})
+            except OSError:  # the server could not write: the client is gone
+                client_gone = not finished
+            except Exception as exc:  # re-raised below, once the stream is closed
+                error = exc
+            tg.cancel_scope.cancel()
+    finally:
+        await stream.aclose(client_gone=client_gone)
+    if error is not None:
+        raise error
+    return client_gone
+
+
+# -- endpoints ---------------------------------------------------------------------------------------
+
+
+class SurfacePlugin(Protocol):
+    """What :class:`Endpoint` needs of its plugin: the running kernel, kept from ``sira_lifespan``
+    (``context.kernel``) while the plugin is active, else ``None``."""
+
+    @property
+    def kernel(self) -> Kernel | None: ...
+
+
+PluginT = TypeVar("PluginT", bound=SurfacePlugin)
+
+
+class Endpoint(Generic[PluginT]):
+    """Base of a surface's raw ASGI endpoints, bound to the surface plugin (``self.plugin``).
+
+    Subclasses implement :meth:`handle` (the request) and :meth:`send_error` (the wire format's
+    error answer). Calling the endpoint runs :meth:`handle`; :class:`ClientGone` ends the request
+    without an answer and a :class:`~sira_kernel.errors.SiraError` is answered with
+    :meth:`send_error`. Anything else propagates to the server (a plain 500, if nothing was sent).
+    """
+
+    def __init__(self, plugin: PluginT) -> None:
+        self.plugin = plugin
+
+    @property
+    def kernel(self) -> Kernel:
+        """The running kernel (the endpoint is only routed to while its plugin is active)."""
+        kernel = self.plugin.kernel
+        assert kernel is not None
+        return kernel
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.handle(scope, receive, send)
+        except ClientGone:
+            return
+        except SiraError as exc:
+            await self.send_error(scope, send, exc)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one request."""
+        raise NotImplementedError
+
+    async def send_error(self, scope: Scope, send: Send, exc: SiraError) -> None:
+        """Answer ``exc`` in the surface's error shape (status, body, ``retry_after_headers(exc)``)."""
+        raise NotImplementedError
