@@ -5,47 +5,33 @@ Starlette ``Request``: this is the hot path) that turn a wire-format request int
 through ``kernel.pipeline`` and turn the answer, or the :class:`~sira_kernel.errors.SiraError` it
 raised, back into the wire format. Everything between those two translations is here:
 
-* :class:`Endpoint` is the base of an endpoint: it ends a request quietly when the client went away
-  (:class:`ClientGone`) and answers a ``SiraError`` with the surface's :meth:`Endpoint.send_error`.
+* :class:`SurfacePlugin` is the base of the plugin: it keeps its config and, while it is active,
+  the running kernel. :class:`Endpoint` is the base of its endpoints: calling one runs
+  :meth:`Endpoint.handle`, ends the request quietly when the client went away (:class:`ClientGone`)
+  and answers a ``SiraError`` with the surface's :meth:`Endpoint.send_error`.
 * :func:`read_body` reads the request body under ``limits.max_body_bytes`` (413
   :class:`~sira_kernel.errors.PayloadTooLarge`); :func:`request_info` builds the
   :class:`~sira_kernel.auth.RequestInfo` the pipeline wants.
-* :func:`unless_disconnected` runs a pipeline call and cancels it (and the upstream call with it) if
-  the client disconnects first.
-* :func:`send_json` answers a whole JSON response; :func:`start_event_stream` sends the head of a
-  ``text/event-stream`` one and :func:`relay_stream` runs the surface's stream writer beside a
-  disconnect watcher, then closes the :class:`~sira_kernel.pipeline.ChatStream` with the right
-  ``client_gone`` (a client that went away is a 499 in the usage record).
-* :func:`request_id_header`, :func:`route_header`, :func:`retry_after_headers` build the headers
-  every answer carries: the request id, where the pipeline sent the request (``x-sira-route``) and,
-  on an error that says when to try again, ``retry-after``.
+* :func:`unless_disconnected` awaits a pipeline call and cancels it (and the upstream call with it)
+  if the client disconnects first.
+* :func:`send_json` sends a whole JSON answer. A stream: :func:`relay_stream` runs the surface's
+  writer beside a disconnect watcher (the writer sends the head with :func:`start_event_stream`,
+  then one body message per event, and returns the bytes that end the stream), then closes the
+  :class:`~sira_kernel.pipeline.ChatStream` saying whether the client went away (a 499 in the usage
+  record); :func:`stream_error` is the event for an error raised once the stream started.
+* :func:`request_id_header`, :func:`route_header` and :func:`retry_after_headers` build the headers
+  answers carry: the request id (``send_json`` and ``start_event_stream`` send ``x-request-id``),
+  where the pipeline sent the request (``x-sira-route``) and, on an error that says when to try
+  again, ``retry-after``.
 
-A chat endpoint with these helpers (``encode``, ``error_body`` and ``write_events`` are the wire
-format)::
-
-    class Chat(Endpoint):
-        async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-            kernel = self.kernel
-            body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
-            request = decode(body)
-            info = request_info(scope, "mine")
-            if not request.stream:
-                response = await unless_disconnected(receive, lambda: kernel.pipeline.chat(request, info))
-                await send_json(scope, send, 200, encode(response), route_header(info))
-                return
-            stream = await unless_disconnected(receive, lambda: kernel.pipeline.stream(request, info))
-            await relay_stream(receive, send, stream, write_events, scope, send, stream, route_header(info))
-
-        async def send_error(self, scope: Scope, send: Send, exc: SiraError) -> None:
-            await send_json(scope, send, exc.status, error_body(exc), retry_after_headers(exc))
-
-``write_events`` sends the head (:func:`start_event_stream`) and every event, and returns the bytes
-that end the stream; :func:`relay_stream` sends them once the writer is done.
+What is left to a surface is its wire format: decoding a request, encoding an answer, a stream
+event and an error. ``sira_api_openai`` is the example to read: three endpoints in about 100 lines.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, ParamSpec, Protocol, TypeVar
 
 import anyio
@@ -53,9 +39,11 @@ import anyio
 from .asgi import Receive, Scope, Send
 from .auth import RequestInfo
 from .errors import PayloadTooLarge, SiraError
+from .hookspecs import hookimpl
 from .types import StreamError
 
 if TYPE_CHECKING:
+    from .context import PluginContext
     from .kernel import Kernel
     from .pipeline import ChatStream
 
@@ -63,6 +51,7 @@ __all__ = [
     "SSE_HEADERS",
     "ClientGone",
     "Endpoint",
+    "HoldsKernel",
     "Receive",
     "Scope",
     "Send",
@@ -81,6 +70,7 @@ __all__ = [
 
 T = TypeVar("T")
 P = ParamSpec("P")
+ConfigT = TypeVar("ConfigT")
 Headers = list[tuple[bytes, bytes]]
 
 _JSON = (b"content-type", b"application/json")
@@ -303,15 +293,41 @@ async def relay_stream(
 # -- endpoints ---------------------------------------------------------------------------------------
 
 
-class SurfacePlugin(Protocol):
-    """What :class:`Endpoint` needs of its plugin: the running kernel, kept from ``sira_lifespan``
-    (``context.kernel``) while the plugin is active, else ``None``."""
+class HoldsKernel(Protocol):
+    """What :class:`Endpoint` needs of its plugin: the running kernel while the plugin is active,
+    else ``None`` (:class:`SurfacePlugin` keeps it)."""
 
     @property
     def kernel(self) -> Kernel | None: ...
 
 
-PluginT = TypeVar("PluginT", bound=SurfacePlugin)
+class SurfacePlugin(Generic[ConfigT]):
+    """Base of a surface plugin: keeps its ``config`` and, while it is active, the running ``kernel``.
+
+    Subclasses declare ``sira_api`` and ``Config`` and register their endpoints (built with the
+    plugin: ``Chat(self)``) in ``sira_register_routes``. A subclass that owns resources of its own
+    overrides ``sira_lifespan`` (with ``@hookimpl``) and enters :meth:`keep_kernel` in it.
+    """
+
+    def __init__(self, config: ConfigT) -> None:
+        self.config = config
+        self.kernel: Kernel | None = None
+
+    @asynccontextmanager
+    async def keep_kernel(self, context: PluginContext) -> AsyncIterator[None]:
+        """Hold ``context.kernel`` in ``self.kernel`` for as long as the context is entered."""
+        self.kernel = context.kernel
+        try:
+            yield
+        finally:
+            self.kernel = None
+
+    @hookimpl
+    def sira_lifespan(self, context: PluginContext) -> AbstractAsyncContextManager[None]:
+        return self.keep_kernel(context)
+
+
+PluginT = TypeVar("PluginT", bound=HoldsKernel)
 
 
 class Endpoint(Generic[PluginT]):

@@ -17,7 +17,8 @@ Errors have Anthropic's shape ``{"type": "error", "error": {"type", "message"}}`
 a stream started ends it with ``event: error``, which the SDK raises. A client that disconnects
 cancels the upstream call.
 
-Endpoints are raw ASGI callables (no per-request Starlette ``Request``) because this is the hot path.
+Endpoints are raw ASGI callables (no per-request Starlette ``Request``) because this is the hot path;
+the plumbing (body limit, disconnects, stream relay, headers) is ``sira_kernel.surface``'s.
 """
 
 from __future__ import annotations

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
-
 import msgspec
 from sira_kernel import (
     ChatRequest,
     ChatStream,
-    Kernel,
-    PluginContext,
     ProviderError,
     RequestInfo,
     SiraError,
@@ -27,6 +21,7 @@ from sira_kernel.surface import (
     Receive,
     Scope,
     Send,
+    SurfacePlugin,
     read_body,
     relay_stream,
     request_id_header,
@@ -157,27 +152,11 @@ class CountTokens(_Endpoint):
         await _send_json(scope, send, 200, _encode({"input_tokens": tokens}))
 
 
-class AnthropicSurfacePlugin:
+class AnthropicSurfacePlugin(SurfacePlugin[AnthropicSurfaceConfig]):
     """Registers the Anthropic-compatible routes on the public listener."""
 
     sira_api = 1
     Config = AnthropicSurfaceConfig
-
-    def __init__(self, config: AnthropicSurfaceConfig) -> None:
-        self.config = config
-        self.kernel: Kernel | None = None
-
-    @asynccontextmanager
-    async def _lifespan(self, context: PluginContext) -> AsyncIterator[None]:
-        self.kernel = context.kernel
-        try:
-            yield
-        finally:
-            self.kernel = None
-
-    @hookimpl
-    def sira_lifespan(self, context: PluginContext) -> Any:
-        return self._lifespan(context)
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:

@@ -12,18 +12,17 @@ Errors have OpenAI's shape ``{"error": {"message", "type", "param", "code"}}`` a
 ``error`` data line, which the ``openai`` SDK raises as ``APIError``. A client that disconnects
 cancels the upstream call at once.
 
-Endpoints are raw ASGI callables (no per-request Starlette ``Request``) because this is the hot path.
+Endpoints are raw ASGI callables (no per-request Starlette ``Request``) because this is the hot path;
+the plumbing (body limit, disconnects, stream relay, headers) is ``sira_kernel.surface``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 
-from sira_kernel import ChatStream, Kernel, ModelNotFound, PluginContext, SiraError, StreamError, hookimpl
+from sira_kernel import ChatStream, ModelNotFound, SiraError, StreamError, hookimpl
 from sira_kernel.logs import get_logger
 from sira_kernel.registrations import RouteRegistrar
 from sira_kernel.surface import (
@@ -31,6 +30,7 @@ from sira_kernel.surface import (
     Receive,
     Scope,
     Send,
+    SurfacePlugin,
     read_body,
     relay_stream,
     request_info,
@@ -127,27 +127,11 @@ class Models(_Endpoint):
         await send_json(scope, send, 200, _encode(body))
 
 
-class OpenAISurfacePlugin:
+class OpenAISurfacePlugin(SurfacePlugin[OpenAISurfaceConfig]):
     """Registers the OpenAI-compatible routes on the public listener."""
 
     sira_api = 1
     Config = OpenAISurfaceConfig
-
-    def __init__(self, config: OpenAISurfaceConfig) -> None:
-        self.config = config
-        self.kernel: Kernel | None = None
-
-    @asynccontextmanager
-    async def _lifespan(self, context: PluginContext) -> AsyncIterator[None]:
-        self.kernel = context.kernel
-        try:
-            yield
-        finally:
-            self.kernel = None
-
-    @hookimpl
-    def sira_lifespan(self, context: PluginContext) -> Any:
-        return self._lifespan(context)
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:
