@@ -6,6 +6,12 @@ routes registered with ``listener="admin"``. Every request on it is authenticate
 role (the master key has it); anything else is a 401 or 403 before any route runs. Mutations are
 POST/PUT/DELETE only.
 
+Delegation: a principal *without* the admin role gets through only when some ``sira_authorize``
+plugin votes ``True`` (an explicit allow) on ``operation="admin"`` and none votes ``False``. An
+auth plugin uses this to let, say, a tenant administrator reach *its own* admin routes, which then
+check the caller's roles themselves; such a plugin must vote True only for the paths of its own
+routes (``request.path``). Abstaining (None) keeps the default: admins only.
+
 The kernel's own endpoints, under ``/api/v1``:
 
 * ``GET /api/v1/plugins`` — every plugin: state, generation, leases, reason
@@ -44,7 +50,8 @@ def _error(exc: SiraError) -> Response:
 
 
 class AdminGuard:
-    """Wraps the admin app: authenticate every request, require the admin role, fail closed."""
+    """Wraps the admin app: authenticate every request, require the admin role (or an explicit
+    allow vote from a ``sira_authorize`` plugin), fail closed."""
 
     def __init__(self, app: ASGIApp, kernel: Kernel) -> None:
         self.app = app
@@ -59,9 +66,9 @@ class AdminGuard:
         snap = self.kernel.snapshot
         try:
             principal = await pipeline.authenticate(snap, info)
-            if ADMIN_ROLE not in principal.roles:
+            allowed = await pipeline.authorize(snap, principal, info, "admin", None)
+            if ADMIN_ROLE not in principal.roles and not allowed:
                 raise AuthorizationDenied("the admin API needs a principal with the admin role")
-            await pipeline.authorize(snap, principal, info, "admin", None)
         except SiraError as exc:
             if scope["type"] == "http":
                 await _error(exc)(scope, receive, send)

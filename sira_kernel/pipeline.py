@@ -259,8 +259,10 @@ class Pipeline:
 
     async def authorize(
         self, snap: Snapshot, principal: Principal, info: RequestInfo, operation: str, model: str | None
-    ) -> None:
-        """Every plugin votes; any False (or exception) denies."""
+    ) -> bool:
+        """Every plugin votes; any False (or exception) denies. Returns True when some plugin voted
+        True (an explicit allow: the admin guard's test for principals without the admin role)."""
+        allowed = False
         for function, plugin_id in snap.authorize:
             try:
                 vote: Any = function(principal=principal, request=info, operation=operation, model=model)
@@ -274,6 +276,9 @@ class Pipeline:
             if vote is False:
                 target = f" on model {model!r}" if model else ""
                 raise AuthorizationDenied(f"not allowed to {operation}{target}")
+            if vote is True:
+                allowed = True
+        return allowed
 
     async def route(
         self, snap: Snapshot, request: Any, principal: Principal, info: RequestInfo | None = None

@@ -6,8 +6,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from sira_kernel import Principal, RequestInfo, hookimpl
+from sira_kernel.registrations import RouteRegistrar
 from sira_kernel.testing import FakeProviderPlugin, ServerThread, make_kernel
 
 MASTER = "sk-admin-test-master-0123"
@@ -25,11 +28,30 @@ class Members:
         return None
 
 
+class Delegates:
+    """Lets members reach its own admin route, and nothing else on the admin listener."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_authorize(self, principal: Principal, request: RequestInfo, operation: str) -> bool | None:
+        if operation == "admin" and "member" in principal.roles and request.path == "/api/v1/delegated":
+            return True
+        return None
+
+    @hookimpl
+    def sira_register_routes(self, register: RouteRegistrar) -> None:
+        async def delegated(request: Request) -> Response:
+            return Response(request.scope["sira.principal"].id)
+
+        register("/api/v1/delegated", delegated, methods=["GET"], listener="admin")
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerThread]:
     config = {"server": {"master_key": MASTER}, "kernel": {"drain_timeout": 2.0}}
-    plugins = {"members": Members, "fake": FakeProviderPlugin}
-    enable = ["members", "fake", "api-openai"]  # the installed OpenAI surface
+    plugins = {"members": Members, "delegates": Delegates, "fake": FakeProviderPlugin}
+    enable = ["members", "delegates", "fake", "api-openai"]  # the installed OpenAI surface
     with ServerThread(lambda: make_kernel(plugins, config, enable=enable)) as running:
         yield running
 
@@ -50,6 +72,13 @@ def test_admin_refuses_non_admin_principals(server: ServerThread) -> None:
     response = admin(server, "POST", "/api/v1/plugins/fake/unload", "sk-member-0123456789")
     assert response.status_code == 403
     assert server.kernel.plugins.handles["fake"].state.value == "active"
+
+
+def test_an_explicit_allow_vote_admits_a_non_admin_to_that_route_only(server: ServerThread) -> None:
+    member = "sk-member-0123456789"
+    response = admin(server, "GET", "/api/v1/delegated", member)
+    assert response.status_code == 200 and response.text == "member"
+    assert admin(server, "GET", "/api/v1/plugins", member).status_code == 403
 
 
 def test_public_listener_serves_no_admin_route(server: ServerThread) -> None:
