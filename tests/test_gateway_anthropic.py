@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,15 +18,12 @@ import anthropic
 import httpx
 import pytest
 
-from sira_kernel import UsageRecord
-from sira_kernel.bus import Subscription
 from sira_kernel.testing import ServerThread, make_kernel
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream
 from sira_kernel.testing.fake_anthropic import Fault as AnthropicFault
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
+from sira_kernel.testing.gateway import MASTER_KEY, UPSTREAM_KEY, UsageLog, assert_nothing_held, gateway_config
 
-MASTER = "sk-test-master-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 HELLO = [{"role": "user", "content": "Hello gateway"}]
 TOOLS: list[Any] = [
     {"name": "get_weather", "description": "Weather in a city", "input_schema": {
@@ -56,101 +51,35 @@ def anthropic_upstream() -> Iterator[FakeAnthropicUpstream]:
         yield fake
 
 
-def _config(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream,
-            anthropic_upstream: FakeAnthropicUpstream) -> dict[str, Any]:
-    return {
-        "kernel": {
-            "plugins": [
-                "api-openai", "api-anthropic", "provider-openai", "reasoner", "provider-anthropic", "provider-mock",
-            ],
-            "drain_timeout": 10.0, "stop_timeout": 2.0,
-        },
-        "server": {"master_key": MASTER},
-        "limits": {
-            "max_body_bytes": 65536, "max_tokens": 4096,
-            "first_token_timeout": 1.5, "total_timeout": 5.0, "connect_timeout": 2.0,
-        },
-        "plugins": {
-            "provider-openai": {
-                "base_url": upstream.base_url, "api_key": UPSTREAM_KEY, "models": ["gpt-4o-mini", "gpt-4o"],
-            },
+@pytest.fixture(scope="module")
+def gateway(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream,
+            anthropic_upstream: FakeAnthropicUpstream) -> Iterator[ServerThread]:
+    config = gateway_config(
+        upstream,
+        plugins=["api-openai", "api-anthropic", "provider-openai", "reasoner", "provider-anthropic", "provider-mock"],
+        sections={
             "reasoner": {"use": "provider-openai", "base_url": reasoning_upstream.base_url, "models": ["think-1"]},
             "provider-anthropic": {
                 "base_url": anthropic_upstream.base_url, "api_key": UPSTREAM_KEY, "models": ["claude-gateway-1"],
             },
         },
-    }
-
-
-class UsageLog:
-    """Collects every UsageRecord the kernel publishes (a real bus subscription)."""
-
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, record: UsageRecord) -> None:
-        with self.lock:
-            self.records.append(record)
-
-    def take(self) -> list[UsageRecord]:
-        with self.lock:
-            out, self.records = self.records, []
-        return out
-
-
-@pytest.fixture(scope="module")
-def gateway(upstream: FakeOpenAIUpstream, reasoning_upstream: FakeOpenAIUpstream,
-            anthropic_upstream: FakeAnthropicUpstream) -> Iterator[ServerThread]:
-    config = _config(upstream, reasoning_upstream, anthropic_upstream)
+    )
     with ServerThread(lambda: make_kernel(config=config)) as server:
-        usage = UsageLog()
-        sub = Subscription("test-usage", "usage.request", usage)
-
-        async def subscribe() -> None:
-            server.kernel.bus.add(sub)
-            server.kernel.task_group.start_soon(sub.run)
-
-        server.call(subscribe)
-        server.usage = usage  # type: ignore[attr-defined]
         yield server
 
 
+@pytest.fixture(scope="module")
+def usage(gateway: ServerThread) -> UsageLog:
+    return UsageLog.subscribe(gateway)
+
+
 @pytest.fixture
-def client(gateway: ServerThread, upstream: FakeOpenAIUpstream) -> Iterator[anthropic.Anthropic]:
+def client(gateway: ServerThread, upstream: FakeOpenAIUpstream, usage: UsageLog) -> Iterator[anthropic.Anthropic]:
     upstream.reset()
-    gateway.usage.take()  # type: ignore[attr-defined]
-    with anthropic.Anthropic(base_url=gateway.base_url, api_key=MASTER, max_retries=0, timeout=20) as c:
+    usage.take()
+    with anthropic.Anthropic(base_url=gateway.base_url, api_key=MASTER_KEY, max_retries=0, timeout=20) as c:
         yield c
-    _assert_nothing_held(gateway)
-
-
-def _assert_nothing_held(gateway: ServerThread) -> None:
-    async def state() -> tuple[int, int, dict[str, int]]:
-        kernel = gateway.kernel
-        leases = {h.id: h.leases for h in kernel.plugins.handles.values()}
-        return kernel.scheduler.pools["requests"].in_use, kernel.scheduler.outstanding, leases
-
-    # Streams finish their bookkeeping right after the last byte; give the loop a moment.
-    for _ in range(100):
-        in_use, outstanding, leases = gateway.call(state)
-        if in_use == 0 and outstanding == 0 and not any(leases.values()):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"capacity held after the test: in_use={in_use} outstanding={outstanding} {leases}")
-
-
-def _records(gateway: ServerThread, count: int) -> list[UsageRecord]:
-    usage: UsageLog = gateway.usage  # type: ignore[attr-defined]
-    got: list[UsageRecord] = []
-    for _ in range(200):
-        got += usage.take()
-        if len(got) >= count:
-            break
-        time.sleep(0.01)
-    time.sleep(0.05)
-    got += usage.take()
-    return got
+    assert_nothing_held(gateway)
 
 
 def _sse(body: str) -> list[tuple[str, dict[str, Any]]]:
@@ -174,7 +103,7 @@ def _kinds(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
 # -- text ----------------------------------------------------------------------------------------------
 
 
-def test_text_non_stream(client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, gateway: ServerThread) -> None:
+def test_text_non_stream(client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog) -> None:
     raw = client.messages.with_raw_response.create(
         model="gpt-4o-mini", max_tokens=100, messages=HELLO, system="Be brief.", stop_sequences=["zzz"],
         metadata={"user_id": "user-42"}, extra_body={"temperature": 0.5, "top_k": 5, "custom_knob": {"a": 1}},
@@ -195,7 +124,7 @@ def test_text_non_stream(client: anthropic.Anthropic, upstream: FakeOpenAIUpstre
     assert (sent.json["max_tokens"], sent.json["temperature"], sent.json["stop"]) == (100, 0.5, ["zzz"])
     assert sent.json["user"] == "user-42" and "metadata" not in sent.json
     assert sent.json["top_k"] == 5 and sent.json["custom_knob"] == {"a": 1}  # passed through
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert (record.status, record.provider, record.principal_kind) == (200, "provider-openai", "master")
 
 
@@ -235,7 +164,7 @@ def test_raw_stream_events_in_anthropic_order(gateway: ServerThread, client: ant
 
     # On the wire: every event is named, and its name is its data's "type".
     response = httpx.post(
-        f"{gateway.base_url}/v1/messages", headers={"x-api-key": MASTER, "anthropic-version": "2099-01-01"},
+        f"{gateway.base_url}/v1/messages", headers={"x-api-key": MASTER_KEY, "anthropic-version": "2099-01-01"},
         json={"model": "gpt-4o-mini", "max_tokens": 100, "messages": HELLO, "stream": True},
     )
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -387,7 +316,7 @@ def test_reasoning_becomes_thinking_blocks(client: anthropic.Anthropic) -> None:
 # -- count_tokens --------------------------------------------------------------------------------------
 
 
-def test_count_tokens(client: anthropic.Anthropic, gateway: ServerThread) -> None:
+def test_count_tokens(client: anthropic.Anthropic, gateway: ServerThread, usage: UsageLog) -> None:
     short = client.messages.count_tokens(model="gpt-4o-mini", messages=HELLO).input_tokens
     longer = client.messages.count_tokens(
         model="gpt-4o-mini", system="x" * 400, messages=HELLO, tools=TOOLS
@@ -399,7 +328,7 @@ def test_count_tokens(client: anthropic.Anthropic, gateway: ServerThread) -> Non
     with anthropic.Anthropic(base_url=gateway.base_url, api_key="sk-wrong-000000", max_retries=0) as bad:
         with pytest.raises(anthropic.AuthenticationError):
             bad.messages.count_tokens(model="gpt-4o-mini", messages=HELLO)
-    assert _records(gateway, 0) == []  # counting is not usage
+    assert usage.wait(0) == []  # counting is not usage
 
 
 # -- errors --------------------------------------------------------------------------------------------
@@ -409,9 +338,9 @@ def test_auth_errors(gateway: ServerThread, client: anthropic.Anthropic) -> None
     with anthropic.Anthropic(base_url=gateway.base_url, api_key="sk-wrong-key-000000", max_retries=0) as bad:
         with pytest.raises(anthropic.AuthenticationError) as err:
             bad.messages.create(model="gpt-4o-mini", max_tokens=10, messages=HELLO)  # type: ignore[arg-type]
-    assert err.value.status_code == 401 and MASTER not in json.dumps(err.value.body)
+    assert err.value.status_code == 401 and MASTER_KEY not in json.dumps(err.value.body)
     assert err.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
-    with anthropic.Anthropic(base_url=gateway.base_url, auth_token=MASTER, max_retries=0) as bearer:
+    with anthropic.Anthropic(base_url=gateway.base_url, auth_token=MASTER_KEY, max_retries=0) as bearer:
         assert bearer.messages.create(model="gpt-4o-mini", max_tokens=10, messages=HELLO).content
 
 
@@ -438,7 +367,7 @@ def test_unknown_model_and_missing_max_tokens(client: anthropic.Anthropic) -> No
     ids=["429", "500", "400", "upstream-401", "reset", "hang"],
 )
 def test_upstream_failures_map_to_sdk_errors(
-    client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, gateway: ServerThread, fault: Fault,
+    client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog, fault: Fault,
     exception: type[anthropic.APIStatusError], status: int, error_type: str,
 ) -> None:
     upstream.enqueue(fault)
@@ -453,7 +382,7 @@ def test_upstream_failures_map_to_sdk_errors(
         assert headers["retry-after"] == "7"
     if fault.status == 401:  # the gateway's own upstream key is bad: retrying cannot help
         assert headers["x-should-retry"] == "false"
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status == status
 
 
@@ -467,7 +396,7 @@ def test_upstream_error_before_the_stream_starts_is_an_http_error(
 
 
 def test_mid_stream_drop_raises_instead_of_truncating(
-    client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, gateway: ServerThread
+    client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog
 ) -> None:
     upstream.enqueue(Fault(drop_after=3))
     received = []
@@ -478,37 +407,37 @@ def test_mid_stream_drop_raises_instead_of_truncating(
                 received.append(text)
     assert received  # some text made it before the error, then the error was not swallowed
     assert err.value.body["error"]["type"] == "api_error"  # type: ignore[index]
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status >= 500 and record.stream
 
 
 def test_client_disconnect_mid_stream_closes_upstream(
-    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: anthropic.Anthropic
+    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: anthropic.Anthropic, usage: UsageLog
 ) -> None:
     upstream.enqueue(Fault(chunk_delay=0.2))
     body = {"model": "gpt-4o-mini", "max_tokens": 100, "stream": True,
             "messages": [{"role": "user", "content": " ".join(["word"] * 40)}]}
     with httpx.Client(timeout=10) as http:
         url = f"{gateway.base_url}/v1/messages"
-        with http.stream("POST", url, json=body, headers={"x-api-key": MASTER}) as response:
+        with http.stream("POST", url, json=body, headers={"x-api-key": MASTER_KEY}) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             assert next(lines) == "event: message_start"
             upstream.wait_until(lambda: upstream.open_streams == 1)
         # leaving the block closes the connection mid-stream
     assert upstream.wait_until(lambda: upstream.aborted_streams == 1 and upstream.open_streams == 0, timeout=5)
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status == 499 and record.error_code == "client_closed"
 
 
 def test_client_disconnect_while_waiting_cancels_the_upstream_call(
-    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: anthropic.Anthropic
+    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: anthropic.Anthropic, usage: UsageLog
 ) -> None:
     upstream.enqueue(Fault(hang=True))
     body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": HELLO}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{gateway.base_url}/v1/messages", json=body, timeout=0.3, headers={"x-api-key": MASTER})
-    [record] = _records(gateway, 1)
+        httpx.post(f"{gateway.base_url}/v1/messages", json=body, timeout=0.3, headers={"x-api-key": MASTER_KEY})
+    [record] = usage.wait(1)
     # 499 (client gone), not the 504 the 1.5 s first-token deadline would have produced
     assert record.status == 499 and record.error_code == "client_closed"
     assert record.latency_ms < 1500
@@ -538,7 +467,7 @@ def test_provider_mock_text_tools_and_stream(client: anthropic.Anthropic) -> Non
     assert answer.content[0].text == "The tool returned: rainy"  # type: ignore[union-attr]
 
 
-def test_provider_mock_failures(client: anthropic.Anthropic, gateway: ServerThread) -> None:
+def test_provider_mock_failures(client: anthropic.Anthropic, usage: UsageLog) -> None:
     def ask(text: str, **kwargs: Any) -> Any:
         return client.messages.create(model="mock-1", max_tokens=100,
                                       messages=[{"role": "user", "content": text}], **kwargs)
@@ -555,7 +484,7 @@ def test_provider_mock_failures(client: anthropic.Anthropic, gateway: ServerThre
     with pytest.raises(anthropic.InternalServerError) as failed:
         ask("[mock:status=503]")
     assert failed.value.status_code == 502
-    statuses = sorted(r.status for r in _records(gateway, 3))
+    statuses = sorted(r.status for r in usage.wait(3))
     assert statuses == [429, 502, 502]
 
 
@@ -628,7 +557,7 @@ def test_anthropic_upstream_errors_keep_their_anthropic_types(
 
 def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: anthropic.Anthropic) -> None:
     url = f"{gateway.base_url}/v1/messages"
-    auth = {"x-api-key": MASTER, "content-type": "application/json"}
+    auth = {"x-api-key": MASTER_KEY, "content-type": "application/json"}
 
     def body(**fields: Any) -> bytes:
         return json.dumps({"model": "gpt-4o-mini", "max_tokens": 10, "messages": HELLO, **fields}).encode()

@@ -7,21 +7,15 @@ exactly as ``sira serve`` would, in a background thread; the upstream is a real 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from sira_kernel import UsageRecord
-from sira_kernel.bus import Subscription
 from sira_kernel.testing import ServerThread, make_kernel
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
-
-MASTER = "sk-test-master-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+from sira_kernel.testing.gateway import MASTER_KEY, UPSTREAM_KEY, UsageLog, assert_nothing_held, gateway_config
 
 
 @pytest.fixture(scope="module")
@@ -30,102 +24,31 @@ def upstream() -> Iterator[FakeOpenAIUpstream]:
         yield fake
 
 
-def _config(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
-    return {
-        "kernel": {"plugins": ["api-openai", "provider-openai"], "drain_timeout": 10.0, "stop_timeout": 2.0},
-        "server": {"master_key": MASTER},
-        "limits": {
-            "max_body_bytes": 65536, "max_n": 4, "max_tokens": 4096,
-            "first_token_timeout": 1.5, "total_timeout": 5.0, "connect_timeout": 2.0,
-        },
-        "plugins": {
-            "provider-openai": {
-                "base_url": upstream.base_url,
-                "api_key": UPSTREAM_KEY,
-                "models": ["gpt-4o-mini", "gpt-4o"],
-                "embedding_models": ["text-embedding-3-small"],
-            }
-        },
-    }
-
-
-class UsageLog:
-    """Collects every UsageRecord the kernel publishes (a real bus subscription)."""
-
-    def __init__(self) -> None:
-        self.records: list[UsageRecord] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, record: UsageRecord) -> None:
-        with self.lock:
-            self.records.append(record)
-
-    def take(self) -> list[UsageRecord]:
-        with self.lock:
-            out, self.records = self.records, []
-        return out
-
-
 @pytest.fixture(scope="module")
 def gateway(upstream: FakeOpenAIUpstream) -> Iterator[ServerThread]:
-    with ServerThread(lambda: make_kernel(config=_config(upstream))) as server:
-        usage = UsageLog()
-        sub = Subscription("test-usage", "usage.request", usage)
-
-        async def subscribe() -> None:
-            server.kernel.bus.add(sub)
-            server.kernel.task_group.start_soon(sub.run)
-
-        server.call(subscribe)
-        server.usage = usage  # type: ignore[attr-defined]
+    config = gateway_config(upstream, embedding_models=["text-embedding-3-small"], limits={"max_n": 4})
+    with ServerThread(lambda: make_kernel(config=config)) as server:
         yield server
 
 
+@pytest.fixture(scope="module")
+def usage(gateway: ServerThread) -> UsageLog:
+    return UsageLog.subscribe(gateway)
+
+
 @pytest.fixture
-def client(gateway: ServerThread, upstream: FakeOpenAIUpstream) -> Iterator[openai.OpenAI]:
+def client(gateway: ServerThread, upstream: FakeOpenAIUpstream, usage: UsageLog) -> Iterator[openai.OpenAI]:
     upstream.reset()
-    gateway.usage.take()  # type: ignore[attr-defined]
-    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER, max_retries=0, timeout=20) as c:
+    usage.take()
+    with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER_KEY, max_retries=0, timeout=20) as c:
         yield c
-    _assert_nothing_held(gateway)
-
-
-def _assert_nothing_held(gateway: ServerThread) -> None:
-    async def state() -> tuple[int, int, dict[str, int]]:
-        kernel = gateway.kernel
-        leases = {h.id: h.leases for h in kernel.plugins.handles.values()}
-        return kernel.scheduler.pools["requests"].in_use, kernel.scheduler.outstanding, leases
-
-    # Streams finish their bookkeeping right after the last byte; give the loop a moment.
-    import time
-
-    for _ in range(100):
-        in_use, outstanding, leases = gateway.call(state)
-        if in_use == 0 and outstanding == 0 and not any(leases.values()):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"capacity held after the test: in_use={in_use} outstanding={outstanding} {leases}")
-
-
-def _records(gateway: ServerThread, count: int) -> list[UsageRecord]:
-    import time
-
-    usage: UsageLog = gateway.usage  # type: ignore[attr-defined]
-    got: list[UsageRecord] = []
-    for _ in range(200):
-        got += usage.take()
-        if len(got) >= count:
-            break
-        time.sleep(0.01)
-    time.sleep(0.05)
-    got += usage.take()
-    return got
+    assert_nothing_held(gateway)
 
 
 # -- happy paths -------------------------------------------------------------------------------------
 
 
-def test_chat_non_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream, gateway: ServerThread) -> None:
+def test_chat_non_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream, usage: UsageLog) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello gateway"}], seed=7, stop=["zzz"]
     )
@@ -138,31 +61,30 @@ def test_chat_non_stream(client: openai.OpenAI, upstream: FakeOpenAIUpstream, ga
     sent = upstream.requests[-1]
     assert sent.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     assert sent.json["model"] == "gpt-4o-mini" and sent.json["seed"] == 7 and sent.json["stop"] == ["zzz"]
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert (record.status, record.provider, record.principal_kind) == (200, "provider-openai", "master")
     assert record.total_tokens == completion.usage.total_tokens
 
 
-def test_stream_arrives_chunk_by_chunk(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
-                                       gateway: ServerThread) -> None:
+def test_stream_arrives_chunk_by_chunk(client: openai.OpenAI, upstream: FakeOpenAIUpstream, usage: UsageLog) -> None:
     words = " ".join(f"w{i}" for i in range(12))
     upstream.enqueue(Fault(chunk_delay=0.05))
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": words}], stream=True,
         stream_options={"include_usage": True},
     )
-    text, first_seen_while_upstream_open, usage = "", None, None
+    text, first_seen_while_upstream_open, reported = "", None, None
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content and first_seen_while_upstream_open is None:
             first_seen_while_upstream_open = upstream.open_streams == 1
         if chunk.choices and chunk.choices[0].delta.content:
             text += chunk.choices[0].delta.content
         if chunk.usage is not None:
-            usage = chunk.usage
+            reported = chunk.usage
     assert text == f"Echo: {words}"
     assert first_seen_while_upstream_open is True  # relayed as it arrived, not buffered
-    assert usage is not None and usage.completion_tokens == 13
-    [record] = _records(gateway, 1)
+    assert reported is not None and reported.completion_tokens == 13
+    [record] = usage.wait(1)
     assert record.stream and record.status == 200 and record.completion_tokens == 13
     assert record.ttft_ms is not None
 
@@ -261,16 +183,16 @@ def test_embeddings_and_models(client: openai.OpenAI) -> None:
 # -- errors --------------------------------------------------------------------------------------------
 
 
-def test_auth_errors(gateway: ServerThread, client: openai.OpenAI) -> None:
+def test_auth_errors(gateway: ServerThread, client: openai.OpenAI, usage: UsageLog) -> None:
     msgs = [{"role": "user", "content": "hi"}]
     with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="sk-wrong-key-000000", max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError) as err:
             bad.chat.completions.create(model="gpt-4o-mini", messages=msgs)  # type: ignore[arg-type]
-        assert err.value.status_code == 401 and MASTER not in str(err.value.body)
+        assert err.value.status_code == 401 and MASTER_KEY not in str(err.value.body)
     response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": msgs})
     assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
     assert httpx.get(f"{gateway.base_url}/v1/models").status_code == 401
-    records = _records(gateway, 2)  # listing models is not usage: only the two chat calls are recorded
+    records = usage.wait(2)  # listing models is not usage: only the two chat calls are recorded
     assert [(r.status, r.principal_kind) for r in records] == [(401, "unknown"), (401, "unknown")]
 
 
@@ -289,7 +211,7 @@ def test_auth_errors(gateway: ServerThread, client: openai.OpenAI) -> None:
     ids=["429", "500", "503", "400", "upstream-401", "reset", "invalid-json", "hang"],
 )
 def test_upstream_failures_map_to_sdk_errors(
-    client: openai.OpenAI, upstream: FakeOpenAIUpstream, gateway: ServerThread, fault: Fault,
+    client: openai.OpenAI, upstream: FakeOpenAIUpstream, usage: UsageLog, fault: Fault,
     exception: type[Exception], status: int,
 ) -> None:
     upstream.enqueue(fault)
@@ -301,7 +223,7 @@ def test_upstream_failures_map_to_sdk_errors(
     assert UPSTREAM_KEY not in json.dumps(body)
     if status == 429:
         assert err.value.response.headers["retry-after"] == "7"  # type: ignore[attr-defined]
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status == status
 
 
@@ -313,7 +235,7 @@ def test_upstream_error_before_stream_start_is_an_http_error(client: openai.Open
 
 
 def test_mid_stream_drop_raises_api_error(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
-                                          gateway: ServerThread) -> None:
+                                          usage: UsageLog) -> None:
     upstream.enqueue(Fault(drop_after=3))
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "one two three four five six"}], stream=True
@@ -323,7 +245,7 @@ def test_mid_stream_drop_raises_api_error(client: openai.OpenAI, upstream: FakeO
         for chunk in stream:
             received.append(chunk)
     assert received  # some chunks made it before the error, then the error was not swallowed
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status >= 500 and record.stream
 
 
@@ -336,32 +258,32 @@ def test_first_token_timeout_on_stream(client: openai.OpenAI, upstream: FakeOpen
 
 
 def test_client_disconnect_mid_stream_closes_upstream(gateway: ServerThread, upstream: FakeOpenAIUpstream,
-                                                      client: openai.OpenAI) -> None:
+                                                      client: openai.OpenAI, usage: UsageLog) -> None:
     upstream.enqueue(Fault(chunk_delay=0.2))
     body = {"model": "gpt-4o-mini", "stream": True,
             "messages": [{"role": "user", "content": " ".join(["word"] * 40)}]}
     with httpx.Client(timeout=10) as http:
         with http.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body,
-                         headers={"authorization": f"Bearer {MASTER}"}) as response:
+                         headers={"authorization": f"Bearer {MASTER_KEY}"}) as response:
             assert response.status_code == 200
             lines = response.iter_lines()
             assert next(lines).startswith("data: ")
             upstream.wait_until(lambda: upstream.open_streams == 1)
         # leaving the block closes the connection mid-stream
     upstream.wait_until(lambda: upstream.aborted_streams == 1 and upstream.open_streams == 0, timeout=5)
-    [record] = _records(gateway, 1)
+    [record] = usage.wait(1)
     assert record.status == 499 and record.error_code == "client_closed"
 
 
 def test_client_disconnect_while_waiting_cancels_the_upstream_call(
-    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: openai.OpenAI
+    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: openai.OpenAI, usage: UsageLog
 ) -> None:
     upstream.enqueue(Fault(hang=True))
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=0.3,
-                   headers={"authorization": f"Bearer {MASTER}"})
-    [record] = _records(gateway, 1)
+                   headers={"authorization": f"Bearer {MASTER_KEY}"})
+    [record] = usage.wait(1)
     # 499 (client gone), not the 504 the provider's 1.5 s first-token deadline would have produced
     assert record.status == 499 and record.error_code == "client_closed"
     assert record.latency_ms < 1500
@@ -369,7 +291,7 @@ def test_client_disconnect_while_waiting_cancels_the_upstream_call(
 
 def test_bad_input_matrix_keeps_serving(gateway: ServerThread, client: openai.OpenAI) -> None:
     url = f"{gateway.base_url}/v1/chat/completions"
-    auth = {"authorization": f"Bearer {MASTER}", "content-type": "application/json"}
+    auth = {"authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"}
     ok_messages = [{"role": "user", "content": "hi"}]
     cases: list[tuple[bytes, int, str | None]] = [
         (b"{not json", 400, None),
