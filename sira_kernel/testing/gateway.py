@@ -10,38 +10,19 @@ What every gateway test module needs beside its client and its fake upstream:
 * :func:`assert_nothing_held` checks, after a test, that no request capacity, scheduler
   reservation or plugin lease is left held (a stream or an error path that forgot to settle).
 
-A module of tests with them (pytest; ``openai`` is the client)::
+In short (a request from any client between ``subscribe`` and ``wait``)::
 
-    from sira_kernel.testing import ServerThread, make_kernel
-    from sira_kernel.testing.fake_openai import FakeOpenAIUpstream
-    from sira_kernel.testing.gateway import MASTER_KEY, UsageLog, assert_nothing_held, gateway_config
-
-    @pytest.fixture(scope="module")
-    def upstream() -> Iterator[FakeOpenAIUpstream]:
-        with FakeOpenAIUpstream() as fake:
-            yield fake
-
-    @pytest.fixture(scope="module")
-    def gateway(upstream: FakeOpenAIUpstream) -> Iterator[ServerThread]:
+    with FakeOpenAIUpstream() as upstream:
         with ServerThread(lambda: make_kernel(config=gateway_config(upstream))) as server:
-            yield server
+            usage = UsageLog.subscribe(server)
+            httpx.post(f"{server.base_url}/v1/chat/completions", json=body,
+                       headers={"authorization": f"Bearer {MASTER_KEY}"})
+            [record] = usage.wait(1)
+            assert_nothing_held(server)
 
-    @pytest.fixture(scope="module")
-    def usage(gateway: ServerThread) -> UsageLog:
-        return UsageLog.subscribe(gateway)
-
-    @pytest.fixture
-    def client(gateway: ServerThread, upstream: FakeOpenAIUpstream, usage: UsageLog) -> Iterator[openai.OpenAI]:
-        upstream.reset()
-        usage.take()  # what earlier tests left
-        with openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key=MASTER_KEY, max_retries=0) as c:
-            yield c
-        assert_nothing_held(gateway)
-
-    def test_chat_is_metered(client: openai.OpenAI, usage: UsageLog) -> None:
-        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-        [record] = usage.wait(1)
-        assert record.status == 200
+``tests/test_gateway_openai.py`` shows the pytest shape: module-scoped ``upstream``, ``gateway``
+and ``usage`` fixtures, and a per-test client fixture that resets the fake upstream, drops the
+records earlier tests left (``usage.take()``) and ends with :func:`assert_nothing_held`.
 
 Everything here blocks the calling (test) thread; the kernel runs on the server's loop.
 """
