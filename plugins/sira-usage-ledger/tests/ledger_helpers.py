@@ -63,7 +63,9 @@ class MemoryUsageStore:
         )
 
     async def query_usage(self, where: UsageFilter) -> list[UsageRecord]:
-        found = sorted((r for r in self.rows.values() if self._match(r, where)), key=lambda r: r.timestamp)
+        # newest first, like sira-storage-sqlite
+        found = [r for r in reversed(self.rows.values()) if self._match(r, where)]
+        found.sort(key=lambda r: r.timestamp, reverse=True)
         return found[where.offset : where.offset + where.limit]
 
     async def summarize_usage(self, where: UsageFilter, group_by: Sequence[str]) -> list[UsageSummaryRow]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -10,7 +10,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from sira_kernel import KernelConfig, PluginContext, hookimpl
+from sira_kernel import KernelConfig, PluginContext, Principal, hookimpl
+from sira_kernel.admin import ADMIN_ROLE
+from sira_kernel.asgi import json_error
 from sira_kernel.registrations import RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
 from sira_kernel.storage import UsageStore
 
@@ -22,6 +24,7 @@ from ._spill import SpillFile
 __all__ = ["LedgerPlugin", "data_dir"]
 
 TOPIC = "usage.request"
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def data_dir(config: KernelConfig) -> Path:
@@ -30,6 +33,24 @@ def data_dir(config: KernelConfig) -> Path:
     base = Path(source).parent if source and not source.startswith("<") else Path.cwd()
     path = Path(config.kernel.data_dir)
     return path if path.is_absolute() else base / path
+
+
+def _admins_only(endpoint: Endpoint) -> Endpoint:
+    """Serve only principals with the admin role.
+
+    The admin listener's guard also admits a principal without it when an auth plugin votes an
+    explicit allow (for that plugin's own routes, such as a tenant administrator's key endpoints):
+    usage across every tenant is not for them.
+    """
+
+    async def guarded(request: Request) -> Response:
+        principal = request.scope.get("sira.principal")
+        if not isinstance(principal, Principal) or ADMIN_ROLE not in principal.roles:
+            return json_error(403, "usage reports need a principal with the admin role", "permission_denied",
+                              "permission_error")
+        return await endpoint(request)
+
+    return guarded
 
 
 class LedgerPlugin:
@@ -103,9 +124,9 @@ class LedgerPlugin:
     def sira_register_routes(self, register: RouteRegistrar) -> None:
         reports = self.reports
         assert reports is not None
-        register("/api/v1/ledger", self.status, methods=["GET"], listener="admin")
-        register("/api/v1/reports/summary", reports.summary, methods=["GET"], listener="admin")
-        register("/api/v1/reports/detailed", reports.detailed, methods=["GET"], listener="admin")
+        register("/api/v1/ledger", _admins_only(self.status), methods=["GET"], listener="admin")
+        register("/api/v1/reports/summary", _admins_only(reports.summary), methods=["GET"], listener="admin")
+        register("/api/v1/reports/detailed", _admins_only(reports.detailed), methods=["GET"], listener="admin")
 
     # -- handlers -------------------------------------------------------------------------------
 

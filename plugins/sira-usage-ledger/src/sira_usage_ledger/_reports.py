@@ -281,7 +281,7 @@ def _filters(query: ReportQuery) -> dict[str, Any]:
     shown: dict[str, Any] = {"since": where.since, "until": where.until}
     for name, field in FILTERS.items():
         shown[name] = getattr(where, field)
-    return {k: v for k, v in shown.items() if v is not None}
+    return {k: _clean(v) for k, v in shown.items() if v is not None}
 
 
 class Reports:
