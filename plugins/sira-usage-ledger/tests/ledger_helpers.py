@@ -63,12 +63,17 @@ class MemoryUsageStore:
         )
 
     async def query_usage(self, where: UsageFilter) -> list[UsageRecord]:
+        if where.limit < 0 or where.offset < 0:
+            raise ValueError("limit and offset must be >= 0")
         # newest first, like sira-storage-sqlite
         found = [r for r in reversed(self.rows.values()) if self._match(r, where)]
         found.sort(key=lambda r: r.timestamp, reverse=True)
         return found[where.offset : where.offset + where.limit]
 
     async def summarize_usage(self, where: UsageFilter, group_by: Sequence[str]) -> list[UsageSummaryRow]:
+        unknown = set(group_by) - {"tenant", "team", "principal", "model", "provider", "status", "day"}
+        if unknown:
+            raise ValueError(f"cannot group usage by {sorted(unknown)[0]!r}")
         groups: dict[tuple[str | None, ...], list[UsageRecord]] = {}
         for r in self.rows.values():
             if self._match(r, where):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import msgspec
 from starlette.requests import Request
@@ -13,11 +14,11 @@ from starlette.responses import Response
 from sira_kernel import KernelConfig, PluginContext, Principal, hookimpl
 from sira_kernel.admin import ADMIN_ROLE
 from sira_kernel.asgi import json_error
-from sira_kernel.registrations import RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
+from sira_kernel.registrations import HealthCheck, RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
 from sira_kernel.storage import UsageStore
 
 from ._config import LedgerConfig
-from ._ledger import LedgerStatus, UsageLedger
+from ._ledger import LedgerHealth, LedgerStatus, UsageLedger
 from ._reports import Reports
 from ._spill import SpillFile
 
@@ -118,7 +119,8 @@ class LedgerPlugin:
     @hookimpl
     def sira_register_services(self, register: ServiceRegistrar) -> None:
         ledger = self._running()
-        register(LedgerStatus, ledger, health=self._health)
+        # The check answers a LedgerHealth: true or false, with a detail the health report shows.
+        register(LedgerStatus, ledger, health=cast("HealthCheck", self._health))
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:
@@ -134,7 +136,7 @@ class LedgerPlugin:
         assert self.ledger is not None, "the lifespan creates the ledger before registrations"
         return self.ledger
 
-    def _health(self) -> object:
+    def _health(self) -> LedgerHealth:
         return self._running().health()
 
     async def status(self, request: Request) -> Response:
