@@ -9,7 +9,7 @@ reports (JSON or CSV) at ``GET /api/v1/reports/summary`` and ``GET /api/v1/repor
 on the admin listener. README.md documents the configuration and the endpoints.
 
 Public API: :class:`LedgerPlugin` (the entry point), :class:`LedgerConfig`, :class:`LedgerStatus`
-(the service interface), :class:`LedgerCounters` / :class:`QueueStats` / :class:`LedgerHealth`,
+(the service interface), :class:`LedgerCounters` / :class:`LedgerHealth`,
 :class:`UsageLedger` (the queue, writer, spill and replay machinery), :class:`SpillFile`, and the
 report helpers :func:`parse_query`, :func:`parse_time`, :class:`BadParameter`.
 """
@@ -17,7 +17,7 @@ report helpers :func:`parse_query`, :func:`parse_time`, :class:`BadParameter`.
 from __future__ import annotations
 
 from ._config import LedgerConfig
-from ._ledger import LedgerCounters, LedgerHealth, LedgerStatus, QueueStats, UsageLedger
+from ._ledger import LedgerCounters, LedgerHealth, LedgerStatus, UsageLedger
 from ._plugin import LedgerPlugin
 from ._reports import BadParameter, ReportQuery, parse_query, parse_time
 from ._spill import SpillFile
@@ -29,7 +29,6 @@ __all__ = [
     "LedgerHealth",
     "LedgerPlugin",
     "LedgerStatus",
-    "QueueStats",
     "ReportQuery",
     "SpillFile",
     "UsageLedger",

@@ -38,30 +38,18 @@ import msgspec
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from sira_kernel import UsageRecord
-from sira_kernel.bus import MessageBus, Subscription
+from sira_kernel.bus import MessageBus, Subscription, SubscriptionStats
 from sira_kernel.logs import redact
 from sira_kernel.storage import UsageStore
 
 from ._config import LedgerConfig
 from ._spill import SpillFile, encode_line
 
-__all__ = ["LedgerCounters", "LedgerHealth", "LedgerStatus", "QueueStats", "UsageLedger"]
+__all__ = ["LedgerCounters", "LedgerHealth", "LedgerStatus", "UsageLedger"]
 
 _ROOM_POLL = 0.1  # how often a waiting handler re-checks whether its subscription was closed
 _MAX_BACKOFF = 5.0
 _SPILL_RETRY = 1.0
-
-
-class QueueStats(msgspec.Struct, kw_only=True):
-    """The ledger's bus subscription, as the kernel counts it."""
-
-    queue_size: int
-    queued: int
-    high_water: int
-    delivered: int
-    dropped: int
-    lagged: int
-    """Records that found the queue at least half full: the writer was falling behind."""
 
 
 class LedgerCounters(msgspec.Struct, kw_only=True):
@@ -94,8 +82,10 @@ class LedgerCounters(msgspec.Struct, kw_only=True):
     store_failing: bool
     """The last write (or replay) failed; batches go to the spill file until a replay succeeds."""
     last_error: str | None
-    queue: QueueStats | None
-    """The bus subscription's queue (None before it is attached)."""
+    queue: SubscriptionStats | None
+    """The bus subscription, as the kernel counts it (None before it is attached): ``queued``,
+    ``high_water``, ``lagged`` (records that found the queue at least half full: the writer is
+    falling behind), ``dropped``…"""
 
 
 class LedgerHealth:
@@ -404,20 +394,13 @@ class UsageLedger:
 
     def counters(self) -> LedgerCounters:
         sub = self.attach()
-        queue = None
-        if sub is not None:
-            stats = sub.stats()
-            queue = QueueStats(
-                queue_size=stats.queue_size, queued=stats.queued, high_water=stats.high_water,
-                delivered=stats.delivered, dropped=stats.dropped, lagged=stats.lagged,
-            )
         return LedgerCounters(
             received=self.received, written=self.written, batches=self.batches, spilled=self.spilled,
             replayed=self.replayed, store_errors=self.store_errors, dropped=self.dropped,
             pending=len(self._pending) + len(self._inflight) + len(self._spill_buffer),
             rejected=self.rejected, lost=self.lost, spill_records=self.spill.records,
             spill_bytes=self.spill.size(), store_failing=self.store_failing, last_error=self.last_error,
-            queue=queue,
+            queue=None if sub is None else sub.stats(),
         )
 
     def health(self) -> LedgerHealth:
