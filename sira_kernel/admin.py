@@ -24,6 +24,7 @@ The kernel's own endpoints, under ``/api/v1``:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .asgi import ASGIApp, Receive, Scope, Send
     from .kernel import Kernel
 
-__all__ = ["ADMIN_ROLE", "AdminGuard", "admin_routes"]
+__all__ = ["ADMIN_ROLE", "AdminGuard", "admin_routes", "require_admin"]
 
 ADMIN_ROLE = "admin"
 _encode = msgspec.json.encode
@@ -79,8 +80,25 @@ class AdminGuard:
         await self.app(scope, receive, send)
 
 
+def require_admin(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Only principals holding the admin role, whatever plugins allowed at the guard.
+
+    The guard may admit other principals (a tenant administrator, on a plugin's explicit allow
+    vote) for routes that scope what they show; the kernel's own endpoints act on the whole
+    gateway, so they check the role themselves.
+    """
+
+    async def guarded(request: Request) -> Response:
+        principal = request.scope.get("sira.principal")
+        if principal is None or ADMIN_ROLE not in principal.roles:
+            return _error(AuthorizationDenied("this endpoint needs the admin role"))
+        return await endpoint(request)
+
+    return guarded
+
+
 def admin_routes(kernel: Kernel) -> list[Route]:
-    """The kernel's own admin endpoints (plugins, health, bus)."""
+    """The kernel's own admin endpoints (plugins, health, bus), admin role only."""
 
     def json(data: Any, status: int = 200) -> Response:
         return Response(_encode(data), status_code=status, media_type="application/json")
@@ -117,8 +135,8 @@ def admin_routes(kernel: Kernel) -> list[Route]:
         return json({"published": kernel.bus.published, "subscriptions": kernel.bus.stats()})
 
     return [
-        Route("/api/v1/plugins", plugins, methods=["GET"]),
-        Route("/api/v1/plugins/{plugin_id}/{action}", operate, methods=["POST"]),
-        Route("/api/v1/health", health, methods=["GET"]),
-        Route("/api/v1/bus", bus, methods=["GET"]),
+        Route("/api/v1/plugins", require_admin(plugins), methods=["GET"]),
+        Route("/api/v1/plugins/{plugin_id}/{action}", require_admin(operate), methods=["POST"]),
+        Route("/api/v1/health", require_admin(health), methods=["GET"]),
+        Route("/api/v1/bus", require_admin(bus), methods=["GET"]),
     ]

@@ -109,3 +109,30 @@ def test_plugins_unload_load_reload_over_http(server: ServerThread) -> None:
 def test_health_and_bus_stats(server: ServerThread) -> None:
     assert admin(server, "GET", "/api/v1/health").json()["ready"] is True
     assert "subscriptions" in admin(server, "GET", "/api/v1/bus").json()
+
+
+class TenantAdmins:
+    """Admits "sk-tenant-admin-…" to the admin listener by an explicit allow vote, without the admin role."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_authenticate(self, request: RequestInfo) -> Principal | None:
+        if request.bearer_token == "sk-tenant-admin-0123456789":
+            return Principal(id="ta", kind="key", tenant="t1", roles=("tenant-admin",))
+        return None
+
+    @hookimpl
+    def sira_authorize(self, principal: Principal, operation: str) -> bool | None:
+        return True if operation == "admin" and "tenant-admin" in principal.roles else None
+
+
+def test_kernel_admin_endpoints_need_the_admin_role_even_when_a_plugin_admits_others() -> None:
+    plugins = {"tenants": TenantAdmins, "fake": FakeProviderPlugin}
+    with ServerThread(lambda: make_kernel(plugins, {"server": {"master_key": MASTER}})) as running:
+        key = "sk-tenant-admin-0123456789"
+        for method, path in [("GET", "/api/v1/plugins"), ("POST", "/api/v1/plugins/fake/unload"),
+                             ("GET", "/api/v1/health"), ("GET", "/api/v1/bus")]:
+            assert admin(running, method, path, key).status_code == 403, path
+        assert running.kernel.plugins.handles["fake"].state.value == "active"
+        assert admin(running, "GET", "/api/v1/plugins").status_code == 200  # the master key still can
