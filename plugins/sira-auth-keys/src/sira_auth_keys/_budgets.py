@@ -146,8 +146,8 @@ class Budget:
         else:
             when = f"it resets at {_iso(self.resets_at)}"
             retry = max(1.0, self.resets_at - now)
-        if self.spent < self.limit:  # room is held by requests in flight: they settle soon
-            retry = min(retry, 1.0)
+        if self.reserved > 0 and self.spent + estimate <= self.limit:
+            retry = min(retry, 1.0)  # the room is held by requests in flight, which settle soon
         return BudgetExceeded(
             f"budget of {self.label} exceeded: ${self.spent:.4f} spent and ${self.reserved:.4f} reserved "
             f"of ${self.limit:.4f} ({self.period}), this request needs about ${estimate:.4f}; {when}",

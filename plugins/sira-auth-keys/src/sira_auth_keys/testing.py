@@ -95,8 +95,9 @@ class Admin:
         return self.client.request(method, f"/api/v1{path}", json=json, params=params, headers=headers,
                                    content=content)
 
-    def ok(self, method: str, path: str, json: Any = None, key: str | None = None, status: int = 200) -> Any:
-        response = self(method, path, json, key)
+    def ok(self, method: str, path: str, json: Any = None, key: str | None = None, status: int = 200,
+           params: dict[str, Any] | None = None) -> Any:
+        response = self(method, path, json, key, params)
         assert response.status_code == status, response.text
         return response.json() if response.content else None
 
