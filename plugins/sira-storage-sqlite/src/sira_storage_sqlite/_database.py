@@ -28,6 +28,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -56,11 +57,31 @@ def connect(path: str, busy_timeout_ms: int, *, reader: bool) -> sqlite3.Connect
         if reader:
             connection.execute("PRAGMA query_only = ON")
         elif path != MEMORY:
-            connection.execute("PRAGMA journal_mode = WAL").fetchall()
+            _when_not_busy(lambda: connection.execute("PRAGMA journal_mode = WAL").fetchall(), busy_timeout_ms)
     except BaseException:
         connection.close()
         raise
     return connection
+
+
+def _when_not_busy(statement: Callable[[], T], busy_timeout_ms: int) -> T:
+    """Run ``statement``, retrying while the file is locked, for up to ``busy_timeout_ms``.
+
+    Switching a new file to WAL while another process does the same can fail at once with
+    "database is locked": SQLite does not call the busy handler there.
+    """
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.001
+    while True:
+        try:
+            return statement()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
 
 def _settle(future: asyncio.Future[Any], error: BaseException | None, result: Any) -> None:
