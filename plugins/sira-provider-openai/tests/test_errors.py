@@ -198,6 +198,11 @@ async def test_config_timeouts_tighten_the_kernel_limits(
         with pytest.raises(ProviderTimeout) as caught:
             await provider.chat(ask(), ctx(first_token_timeout=60))
     assert "0.2s" in caught.value.message
+    async with open_provider(total_timeout=900) as provider:
+        fake.enqueue(Fault(hang=True))
+        with pytest.raises(ProviderTimeout) as caught:  # the total deadline passed first: it is named
+            await provider.chat(ask(), ctx(first_token_timeout=60, total_timeout=0.3))
+    assert "0.3s" in caught.value.message
 
 
 # -- broken connections and bodies ------------------------------------------------------------------

@@ -28,11 +28,8 @@ with secrets redacted; an authentication failure never quotes anything.
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Iterable, Mapping
 
-import httpx
 import msgspec
 from sira_kernel.errors import (
     ProviderError,
@@ -41,19 +38,9 @@ from sira_kernel.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from sira_kernel.logs import REDACTED, redact
+from sira_kernel.upstream import parse_retry_after, sanitize
 
-__all__ = [
-    "ERROR_STATUS",
-    "error_for",
-    "parse_retry_after",
-    "sanitize",
-    "status_error",
-    "transport_error",
-    "upstream_error",
-]
-
-MAX_MESSAGE = 500
+__all__ = ["ERROR_STATUS", "error_for", "status_error", "upstream_error"]
 
 #: The HTTP status Anthropic documents for each error type (used for errors sent mid-stream).
 ERROR_STATUS: dict[str, int] = {
@@ -83,17 +70,6 @@ class _ErrorBody(msgspec.Struct):
 _decode_error = msgspec.json.Decoder(_ErrorBody).decode
 
 
-def sanitize(text: str, secrets: Iterable[str]) -> str:
-    """``text`` truncated to a readable length with every secret (and key-like token) redacted."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = redact(text)
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "…"
-    return text
-
-
 def upstream_error(body: bytes) -> tuple[str | None, str]:
     """The error ``type`` and message of an Anthropic error body (or the text of any other body)."""
     try:
@@ -106,22 +82,6 @@ def upstream_error(body: bytes) -> tuple[str | None, str]:
     if isinstance(error, str):
         return None, error
     return None, decoded.message or body.decode("utf-8", "replace").strip()
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date)."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def error_for(
@@ -187,20 +147,3 @@ def status_error(
     if request_id and message:
         message = f"{message} (request-id {sanitize(request_id, secrets)[:100]})"
     return error_for(error_type, status, message, provider=provider, retry_after=parse_retry_after(headers))
-
-
-def transport_error(exc: BaseException, *, provider: str, secrets: Iterable[str]) -> ProviderError:
-    """The kernel error for a failure to talk to the upstream at all.
-
-    httpx-aiohttp maps most aiohttp errors (even a refused connection) to ``httpx.ConnectTimeout``,
-    so the class is judged from the original exception it chains: only a real timeout is a timeout.
-    """
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if exc.__cause__ is not None:
-        timed_out = isinstance(cause, TimeoutError)
-    else:
-        timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
-    detail = sanitize(str(cause) or type(cause).__name__, secrets)
-    if timed_out:
-        return ProviderTimeout(f"Anthropic timed out: {detail}", provider=provider)
-    return ProviderUnavailable(f"Anthropic connection failed: {detail}", provider=provider)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from sira_kernel.hookspecs import hookimpl
+from sira_kernel.upstream import provider_lifespan
 
 from ._config import AnthropicConfig
 from ._provider import AnthropicProvider
@@ -37,16 +37,7 @@ class AnthropicProviderPlugin:
     @hookimpl
     def sira_lifespan(self, context: PluginContext) -> contextlib.AbstractAsyncContextManager[None]:
         """Open the upstream client; close it on exit."""
-        return self._lifespan(context)
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self, context: PluginContext) -> AsyncIterator[None]:
-        self.provider.name = context.plugin_id
-        await self.provider.open(connect_timeout=context.config.limits.connect_timeout)
-        try:
-            yield
-        finally:
-            await self.provider.aclose()  # after the kernel drained every call using it
+        return provider_lifespan(self.provider, context)
 
     @hookimpl
     def sira_register_providers(self, register: ProviderRegistrar) -> None:

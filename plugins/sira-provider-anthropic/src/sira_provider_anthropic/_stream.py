@@ -38,8 +38,9 @@ from sira_kernel.types import (
     TextDelta,
     ToolCallDelta,
 )
+from sira_kernel.upstream import sanitize
 
-from ._errors import ERROR_STATUS, error_for, sanitize, upstream_error
+from ._errors import ERROR_STATUS, error_for, upstream_error
 from ._wire import AnthropicMessage, AnthropicUsage, Block, finish_reason, to_usage
 
 __all__ = ["StreamParser"]
@@ -78,7 +79,7 @@ class StreamParser:
     ``message_delta`` gave a stop reason, ``done`` that ``message_stop`` arrived, and ``failure``
     holds the error when the upstream sent ``event: error`` or an event that is not valid JSON.
     Nothing after ``done`` or a failure is parsed. :meth:`end` gives what a stream cut after its
-    ``message_delta`` still owes (the ``Usage``).
+    ``message_delta`` still owes (the ``Usage``), and fails one cut before it.
     """
 
     __slots__ = (
@@ -155,12 +156,24 @@ class StreamParser:
                 self._count(event.usage, cumulative=True)
             elif kind == "message_stop":
                 self.done = True
-                events.extend(self.end())
+                events.extend(self._final_usage())
                 break
         return events
 
     def end(self) -> list[StreamEvent]:
-        """At the end of a complete stream: the ``Usage`` event, once, if the stream reported usage."""
+        """The body ended without ``message_stop``: the ``Usage`` still owed when the stream was cut
+        after its ``message_delta`` (complete enough), else ``failure`` is set."""
+        if self.failure is not None:
+            return []
+        if not self.finished:
+            self.failure = ProviderUnavailable(
+                "Anthropic closed the stream before it finished", provider=self._provider
+            )
+            return []
+        return self._final_usage()
+
+    def _final_usage(self) -> list[StreamEvent]:
+        """The ``Usage`` event, once, if the stream reported usage."""
         if not self._usage_seen:
             return []
         self._usage_seen = False

@@ -66,6 +66,10 @@ class GeminiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Tighten the kernel's ``limits.first_token_timeout`` for this upstream (the smaller one wins)."""
     total_timeout: float | None = None
     """Tighten the kernel's ``limits.total_timeout`` for this upstream (the smaller one wins)."""
+    ca_bundle: str | None = None
+    """A PEM file of CA certificates to trust instead of the default ones (a proxy with its own CA)."""
+    proxy: str | None = None
+    """An HTTP(S) proxy URL for upstream requests. Environment proxy variables are not read."""
     passthrough_fields: bool = True
     """Forward Gemini-native request fields a client adds (``generationConfig``, ``safetySettings``,
     ``toolConfig``, ``cachedContent``, native tools) and the known extras ``top_k`` and

@@ -26,13 +26,10 @@ Messages quote Google's own message, truncated and with secrets redacted.
 
 from __future__ import annotations
 
-import email.utils
 import re
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
 import msgspec
 from sira_kernel.errors import (
     ProviderError,
@@ -41,19 +38,11 @@ from sira_kernel.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from sira_kernel.logs import REDACTED, redact
+from sira_kernel.logs import redact
+from sira_kernel.upstream import MAX_MESSAGE, parse_retry_after, sanitize
 
-__all__ = [
-    "GoogleError",
-    "blocked_prompt",
-    "google_error",
-    "parse_retry_after",
-    "sanitize",
-    "status_error",
-    "transport_error",
-]
+__all__ = ["GoogleError", "blocked_prompt", "google_error", "status_error"]
 
-MAX_MESSAGE = 500
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
 _BAD_KEY_REASONS = frozenset(
     {
@@ -120,33 +109,6 @@ def google_error(body: bytes | Any) -> GoogleError:
     return GoogleError(message=text.strip())
 
 
-def sanitize(text: str, secrets: Iterable[str]) -> str:
-    """``text`` truncated to a readable length with every secret (and key-like token) redacted."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = redact(text)
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "…"
-    return text
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date)."""
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def status_error(
     status: int, headers: Mapping[str, str], body: bytes | Any, *, provider: str, secrets: Iterable[str]
 ) -> ProviderError:
@@ -181,20 +143,3 @@ def blocked_prompt(reason: str, detail: str | None, *, provider: str) -> Provide
     if detail:
         message += f": {redact(detail)[:MAX_MESSAGE]}"
     return ProviderRejected(message, provider=provider, status=400, code="content_filter")
-
-
-def transport_error(exc: BaseException, *, provider: str, secrets: Iterable[str]) -> ProviderError:
-    """The kernel error for a failure to talk to the upstream at all.
-
-    httpx-aiohttp maps most aiohttp errors (even a refused connection) to ``httpx.ConnectTimeout``,
-    so the class is judged from the original exception it chains: only a real timeout is a timeout.
-    """
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if exc.__cause__ is not None:
-        timed_out = isinstance(cause, TimeoutError)
-    else:
-        timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
-    detail = sanitize(str(cause) or type(cause).__name__, secrets)
-    if timed_out:
-        return ProviderTimeout(f"upstream timed out: {detail}", provider=provider)
-    return ProviderUnavailable(f"upstream connection failed: {detail}", provider=provider)

@@ -25,6 +25,7 @@ class StreamParser:
     ``started`` says ``StreamStart`` was emitted; ``failure`` holds the error when the upstream sent an
     error object, a refused prompt (``promptFeedback.blockReason``), an event that is not valid JSON,
     or (after :meth:`end`) stopped before every candidate finished. Nothing after a failure is parsed.
+    ``done`` stays false: Gemini streams have no end marker but the end of the body.
     """
 
     __slots__ = (
@@ -35,6 +36,7 @@ class StreamParser:
         "_provider",
         "_secrets",
         "_translator",
+        "done",
         "failure",
         "started",
     )
@@ -50,6 +52,7 @@ class StreamParser:
         self._fallback_model = fallback_model
         self._created = created
         self.started = False
+        self.done = False
         self.failure: ProviderError | None = None
 
     def feed(self, raw: bytes) -> list[StreamEvent]:

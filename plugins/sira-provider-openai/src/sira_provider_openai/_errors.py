@@ -16,12 +16,9 @@ Messages quote the upstream's own error message, truncated and with secrets reda
 
 from __future__ import annotations
 
-import email.utils
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
 import msgspec
 from sira_kernel.errors import (
     ProviderError,
@@ -30,22 +27,9 @@ from sira_kernel.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from sira_kernel.logs import REDACTED, redact
+from sira_kernel.upstream import parse_retry_after, sanitize
 
-__all__ = ["parse_retry_after", "sanitize", "status_error", "transport_error", "upstream_message"]
-
-MAX_MESSAGE = 500
-
-
-def sanitize(text: str, secrets: Iterable[str]) -> str:
-    """``text`` truncated to a readable length with every secret (and key-like token) redacted."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = redact(text)
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "…"
-    return text
+__all__ = ["status_error", "upstream_message"]
 
 
 def upstream_message(body: bytes) -> tuple[str, str | None]:
@@ -66,28 +50,6 @@ def upstream_message(body: bytes) -> tuple[str, str | None]:
         if "detail" in data:
             return str(data["detail"]), None
     return body.decode("utf-8", "replace").strip(), None
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis:
-        try:
-            return max(0.0, float(millis) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def status_error(
@@ -112,20 +74,3 @@ def status_error(
     if 400 <= status < 500:
         return ProviderRejected(message, provider=provider, status=status, param=param)
     return ProviderUnavailable(message, provider=provider, retry_after=parse_retry_after(headers))
-
-
-def transport_error(exc: BaseException, *, provider: str, secrets: Iterable[str]) -> ProviderError:
-    """The kernel error for a failure to talk to the upstream at all.
-
-    httpx-aiohttp maps most aiohttp errors (even a refused connection) to ``httpx.ConnectTimeout``,
-    so the class is judged from the original exception it chains: only a real timeout is a timeout.
-    """
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if exc.__cause__ is not None:
-        timed_out = isinstance(cause, TimeoutError)
-    else:
-        timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
-    detail = sanitize(str(cause) or type(cause).__name__, secrets)
-    if timed_out:
-        return ProviderTimeout(f"upstream timed out: {detail}", provider=provider)
-    return ProviderUnavailable(f"upstream connection failed: {detail}", provider=provider)

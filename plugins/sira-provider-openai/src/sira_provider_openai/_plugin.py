@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from sira_kernel.hookspecs import hookimpl
+from sira_kernel.upstream import provider_lifespan
 
 from ._config import OpenAIConfig
 from ._provider import OpenAIProvider
@@ -37,24 +37,8 @@ class OpenAIProviderPlugin:
     @hookimpl
     def sira_lifespan(self, context: PluginContext) -> contextlib.AbstractAsyncContextManager[None]:
         """Open the upstream client (and discover models if configured); close it on exit."""
-        return self._lifespan(context)
-
-    @contextlib.asynccontextmanager
-    async def _lifespan(self, context: PluginContext) -> AsyncIterator[None]:
-        self.provider.name = context.plugin_id
-        limits = context.config.limits
-        await self.provider.open(connect_timeout=limits.connect_timeout)
-        try:
-            if self.config.discover_models:
-                try:
-                    found = await self.provider.discover(timeout=limits.first_token_timeout)
-                except Exception as exc:  # serving the configured models beats not starting at all
-                    context.log.warning("model discovery failed", error=str(exc))
-                else:
-                    context.log.info("models discovered", count=len(found))
-            yield
-        finally:
-            await self.provider.aclose()
+        discover = self.provider.discover if self.config.discover_models else None
+        return provider_lifespan(self.provider, context, discover=discover)
 
     @hookimpl
     def sira_register_providers(self, register: ProviderRegistrar) -> None:

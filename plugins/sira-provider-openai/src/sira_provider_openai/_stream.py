@@ -8,8 +8,9 @@ import msgspec
 from sira_kernel.errors import ProviderError, ProviderUnavailable
 from sira_kernel.sse import SSEDecoder
 from sira_kernel.types import StreamEvent, StreamStart
+from sira_kernel.upstream import sanitize
 
-from ._errors import sanitize, upstream_message
+from ._errors import upstream_message
 from ._wire import Chunk, chunk_events, decode_chunk
 
 __all__ = ["StreamParser"]
@@ -22,7 +23,8 @@ class StreamParser:
     ``data: [DONE]``, ``finished`` that a choice finished (a stream that then ends without ``[DONE]``
     still counts as complete), and ``failure`` holds the error when the upstream reported one
     in-stream (an ``error`` object or ``event: error``) or sent a chunk that is not valid JSON.
-    Nothing after ``done`` or a failure is parsed.
+    Nothing after ``done`` or a failure is parsed. :meth:`end` judges a body that ended without
+    ``[DONE]``.
     """
 
     __slots__ = (
@@ -78,6 +80,14 @@ class StreamParser:
             if chunk_events(chunk, events):
                 self.finished = True
         return events
+
+    def end(self) -> list[StreamEvent]:
+        """The body ended: complete if ``[DONE]`` came or a choice finished, else ``failure`` is set."""
+        if self.failure is None and not self.done and not self.finished:
+            self.failure = ProviderUnavailable(
+                "upstream closed the stream before it finished", provider=self._provider
+            )
+        return []
 
     def _start(self, chunk: Chunk) -> StreamStart:
         return StreamStart(

@@ -1,0 +1,620 @@
+"""The HTTP plumbing every provider adapter needs to talk to one upstream, so an adapter is left with
+its wire format: how requests are encoded, how answers and streams are parsed, what the upstream's
+error bodies look like and which kernel error each status maps to.
+
+* :class:`Upstream`: one pooled ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``
+  (opened in the plugin's lifespan) and every exchange with it: requests go straight to the
+  transport; the kernel's deadlines (:class:`~sira_kernel.providers.CallContext`, tightened by the
+  plugin's own timeouts) are anyio cancel scopes that never span a ``yield``; reads are bounded by
+  ``max_response_bytes``; a finished stream is drained so its connection returns to the pool; every
+  exit path closes the response; failures become the kernel's ``ProviderError`` tree.
+* :class:`UpstreamProvider`: a base class giving an adapter that owns an :class:`Upstream` its
+  ``open``/``aclose`` and ``async with``; :func:`provider_lifespan` runs it in ``sira_lifespan``.
+* :class:`StreamCodec` / :class:`StreamParser`: what an adapter implements so that
+  :meth:`Upstream.stream` can run a streamed chat for it.
+* :func:`sanitize`, :func:`parse_retry_after`, :func:`transport_error`: the pieces adapters use in
+  their own error mapping.
+
+A minimal adapter::
+
+    class MyProvider(UpstreamProvider):
+        def __init__(self, name: str, config: MyConfig) -> None:
+            self.name = name
+            self.upstream = Upstream(self, config, secrets=[key], status_error=my_status_error)
+
+        async def chat(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
+            upstream = self.upstream
+            http_request = httpx.Request("POST", URL, content=encode(request), extensions=upstream.extensions(ctx))
+            return decode(await upstream.fetch(http_request, upstream.deadlines(ctx), ctx.max_response_bytes))
+
+        def stream(self, request: ChatRequest, ctx: CallContext) -> AsyncIterator[StreamEvent]:
+            return self.upstream.stream(self, request, ctx)  # with stream_request/_parser/_json below
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, cast
+
+import anyio
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
+from .logs import REDACTED, redact
+from .providers import CallContext
+from .types import ChatRequest, StreamError, StreamEvent
+
+if TYPE_CHECKING:
+    from .context import PluginContext
+
+__all__ = [
+    "MAX_MESSAGE",
+    "Deadlines",
+    "StatusErrorMapper",
+    "StreamCodec",
+    "StreamParser",
+    "Upstream",
+    "UpstreamConfig",
+    "UpstreamProvider",
+    "parse_retry_after",
+    "provider_lifespan",
+    "request_headers",
+    "sanitize",
+    "transport_error",
+]
+
+#: How long a quoted upstream message may be (longer ones are cut and end with "…").
+MAX_MESSAGE = 500
+#: Non-2xx answers: read at most this much of the error body, for at most this long.
+ERROR_BODY_LIMIT = 64 * 1024
+ERROR_BODY_WAIT = 5.0
+#: After a stream's end marker, read the rest of the body (the chunked terminator) for this long at
+#: most so the connection can return to the pool instead of being closed.
+DRAIN_WAIT = 1.0
+DRAIN_LIMIT = 64 * 1024
+_CACHE_LIMIT = 1024
+
+#: ``(first-token timeout, its deadline, total timeout, its deadline)``: seconds, then anyio clock
+#: times. A plain tuple because it is made on every call.
+Deadlines: TypeAlias = tuple[float, float, float, float]
+
+
+# -- error helpers ----------------------------------------------------------------------------------
+
+
+def sanitize(text: str, secrets: Iterable[str]) -> str:
+    """``text`` truncated to :data:`MAX_MESSAGE` characters with every secret (and key-like token)
+    redacted: for quoting an upstream's own words in an error message."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, REDACTED)
+    text = redact(text)
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "…"
+    return text
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI's) or ``Retry-After`` (seconds or an HTTP
+    date); None without either."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def transport_error(
+    exc: BaseException, *, provider: str, secrets: Iterable[str], label: str = "upstream"
+) -> ProviderError:
+    """The kernel error for a failure to talk to the upstream at all: ``ProviderTimeout`` for a
+    timeout, ``ProviderUnavailable`` for anything else (refused, reset, closed connections).
+
+    httpx-aiohttp maps most aiohttp errors (even a refused connection) to ``httpx.ConnectTimeout``,
+    so the class is judged from the original exception it chains: only a real timeout is a timeout.
+    ``label`` names the upstream in the message ("upstream", "Anthropic").
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    if exc.__cause__ is not None:
+        timed_out = isinstance(cause, TimeoutError)
+    else:
+        timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
+    detail = sanitize(str(cause) or type(cause).__name__, secrets)
+    if timed_out:
+        return ProviderTimeout(f"{label} timed out: {detail}", provider=provider)
+    return ProviderUnavailable(f"{label} connection failed: {detail}", provider=provider)
+
+
+def request_headers(
+    user_agent: str, configured: Mapping[str, str], own: Mapping[str, str]
+) -> tuple[httpx.Headers, httpx.Headers]:
+    """The headers of every request to one upstream: ``(for JSON answers, for SSE streams)``.
+
+    ``configured`` are the operator's extra headers (names lower-cased; they override the defaults),
+    ``own`` the adapter's (credentials, API version), which override both. ``accept-encoding:
+    identity``: a gateway relays streams as they arrive and should not spend CPU inflating them.
+    """
+    headers = {"content-type": "application/json", "accept-encoding": "identity", "user-agent": user_agent}
+    headers.update({name.lower(): value for name, value in configured.items()})
+    headers.update(own)
+    return (
+        httpx.Headers({**headers, "accept": "application/json"}),
+        httpx.Headers({**headers, "accept": "text/event-stream"}),
+    )
+
+
+def _stream_error(failure: ProviderError) -> StreamError:
+    return StreamError(failure.message, failure.status, failure.code, failure.error_type)
+
+
+def _body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The response body as it arrives; decoded only if the upstream ignored ``identity``."""
+    encoding = response.headers.get("content-encoding")
+    chunks = response.aiter_bytes() if encoding and encoding != "identity" else response.aiter_raw()
+    return cast("AsyncGenerator[bytes, None]", chunks)  # httpx annotates its async generators loosely
+
+
+# -- protocols --------------------------------------------------------------------------------------
+
+
+class UpstreamConfig(Protocol):
+    """The keys of a provider's config section that :class:`Upstream` reads (a msgspec config struct
+    with these fields fits)."""
+
+    @property
+    def max_connections(self) -> int:
+        """Connection pool size (every pooled connection may be kept alive)."""
+        ...
+
+    @property
+    def keepalive_expiry(self) -> float:
+        """Seconds an idle pooled connection is kept open."""
+        ...
+
+    @property
+    def connect_timeout(self) -> float | None:
+        """Tightens ``CallContext.connect_timeout`` (the smaller one wins); None: the kernel's."""
+        ...
+
+    @property
+    def first_token_timeout(self) -> float | None:
+        """Tightens ``CallContext.first_token_timeout``."""
+        ...
+
+    @property
+    def total_timeout(self) -> float | None:
+        """Tightens ``CallContext.total_timeout``."""
+        ...
+
+    @property
+    def ca_bundle(self) -> str | None:
+        """A PEM file of CA certificates to trust instead of the default ones."""
+        ...
+
+    @property
+    def proxy(self) -> str | None:
+        """An HTTP(S) proxy URL (environment proxy variables are never read)."""
+        ...
+
+
+class StatusErrorMapper(Protocol):
+    """An adapter's mapping of a non-2xx answer (``body`` is at most 64 KiB of it) to a kernel error.
+
+    ``secrets`` must be redacted from anything quoted (:func:`sanitize` does it).
+    """
+
+    def __call__(
+        self, status: int, headers: Mapping[str, str], body: bytes, *, provider: str, secrets: Iterable[str]
+    ) -> ProviderError: ...
+
+
+class _Named(Protocol):
+    name: str
+
+
+class StreamParser(Protocol):
+    """Turns a streamed body into kernel events, fed raw bytes as they arrive (one per stream).
+
+    ``started``: ``StreamStart`` was emitted. ``done``: the upstream's end marker arrived (the rest
+    of the body is drained, not parsed). ``failure``: the upstream reported an error in-stream or
+    sent something unreadable; nothing is parsed after it.
+    """
+
+    started: bool
+    done: bool
+    failure: ProviderError | None
+
+    def feed(self, raw: bytes) -> list[StreamEvent]:
+        """The events ``raw`` completes."""
+        ...
+
+    def end(self) -> list[StreamEvent]:
+        """The body ended before ``done``: the events still owed, or ``failure`` set when the answer
+        was cut short."""
+        ...
+
+
+P = TypeVar("P", bound=StreamParser)
+
+
+class StreamCodec(Protocol[P]):
+    """What :meth:`Upstream.stream` needs from an adapter: its side of a streamed chat (``P`` is the
+    adapter's :class:`StreamParser`)."""
+
+    def stream_request(self, request: ChatRequest, ctx: CallContext) -> httpx.Request:
+        """The upstream request for ``request`` (raise ``ProviderRejected`` if it cannot be sent;
+        take ``extensions`` from :meth:`Upstream.extensions`)."""
+        ...
+
+    def stream_parser(self, ctx: CallContext) -> P:
+        """A fresh parser for one stream."""
+        ...
+
+    def stream_json(self, data: bytes, ctx: CallContext, parser: P) -> list[StreamEvent]:
+        """The events of a whole JSON answer to a stream request (servers that ignore ``stream``).
+
+        Raise for an unreadable answer; or set ``parser.failure`` (raised when nothing started,
+        else sent as a ``StreamError`` after the events).
+        """
+        ...
+
+
+# -- the upstream -----------------------------------------------------------------------------------
+
+
+class Upstream:
+    """One upstream's pooled client and every exchange with it, for the provider ``owner``.
+
+    ``owner.name`` (read when an error is made) names the provider in errors; ``secrets`` (the API
+    key, header values; ones shorter than 4 characters are ignored) are redacted from every message;
+    ``status_error`` maps non-2xx answers; ``label`` names the upstream in messages ("upstream sent no
+    response within 5s"). :meth:`open` creates the client, :meth:`aclose` closes it.
+    """
+
+    def __init__(
+        self,
+        owner: _Named,
+        config: UpstreamConfig,
+        *,
+        secrets: Iterable[str | None] = (),
+        status_error: StatusErrorMapper,
+        label: str = "upstream",
+    ) -> None:
+        self.config = config
+        self.secrets: tuple[str, ...] = tuple(v for v in secrets if v and len(v) >= 4)
+        self.label = label
+        self._owner = owner
+        self._status_error = status_error
+        self._first_token_timeout = config.first_token_timeout
+        self._total_timeout = config.total_timeout
+        self._connect_timeout = config.connect_timeout
+        self._client: httpx.AsyncClient | None = None
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._extensions: dict[float, dict[str, Any]] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def open(self, *, connect_timeout: float = 10.0) -> None:
+        """Create the pooled client (idempotent): ``max_connections`` kept-alive connections at most,
+        ``keepalive_expiry``, ``ca_bundle`` and ``proxy`` from the config; no environment proxies,
+        no redirects."""
+        if self._client is not None:
+            return
+        config = self.config
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
+        )
+        transport = AiohttpTransport(
+            verify=verify,
+            limits=httpx.Limits(
+                max_connections=config.max_connections,
+                max_keepalive_connections=config.max_connections,
+                keepalive_expiry=config.keepalive_expiry,
+            ),
+            proxy=httpx.Proxy(config.proxy) if config.proxy else None,
+        )
+        self._transport = transport
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the client and its connections (after the kernel drained every call using them)."""
+        client, self._client, self._transport = self._client, None, None
+        if client is not None:
+            await client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client, for requests off the hot path; ``ProviderUnavailable`` when not open."""
+        if self._client is None:
+            raise self._not_started()
+        return self._client
+
+    # -- per-call settings --------------------------------------------------------------------------
+
+    def extensions(self, ctx: CallContext) -> dict[str, Any]:
+        """httpx request extensions carrying the call's connect timeout (the config's if tighter)."""
+        limit = self._connect_timeout
+        return self.extensions_for(ctx.connect_timeout if limit is None else min(limit, ctx.connect_timeout))
+
+    def extensions_for(self, connect_timeout: float) -> dict[str, Any]:
+        """httpx request extensions carrying ``connect_timeout`` (the other deadlines are ours)."""
+        extensions = self._extensions.get(connect_timeout)
+        if extensions is None:
+            extensions = {"timeout": {"connect": connect_timeout, "read": None, "write": None, "pool": None}}
+            if len(self._extensions) < _CACHE_LIMIT:
+                self._extensions[connect_timeout] = extensions
+        return extensions
+
+    def deadlines(self, ctx: CallContext) -> Deadlines:
+        """The call's :data:`Deadlines`, starting now; the config's timeouts may only tighten them.
+
+        The first-token timeout never exceeds the total one, so a timeout names the deadline that
+        really passed.
+        """
+        first = ctx.first_token_timeout
+        if self._first_token_timeout is not None and self._first_token_timeout < first:
+            first = self._first_token_timeout
+        total = ctx.total_timeout
+        if self._total_timeout is not None and self._total_timeout < total:
+            total = self._total_timeout
+        if total < first:
+            first = total
+        now = anyio.current_time()
+        return first, now + first, total, now + total
+
+    @staticmethod
+    def deadlines_within(timeout: float) -> Deadlines:
+        """:data:`Deadlines` for an exchange that must be over within ``timeout`` (model discovery)."""
+        end = anyio.current_time() + timeout
+        return timeout, end, timeout, end
+
+    # -- exchanges ----------------------------------------------------------------------------------
+
+    async def send(
+        self, request: httpx.Request, deadline: float, waited: float, what: str = "response"
+    ) -> httpx.Response:
+        """Send ``request`` and return the response once its headers arrived (before ``deadline``).
+
+        Straight to the client's transport: ``AsyncClient.send()`` adds an auth flow, redirect
+        handling and cookie persistence to every call (about a third of the per-call cost), and
+        upstream cookies must not be replayed across tenants anyway. The caller closes the response.
+        """
+        transport = self._transport
+        if transport is None:
+            raise self._not_started()
+        with anyio.CancelScope(deadline=deadline):
+            try:
+                return await transport.handle_async_request(request)
+            except Exception as exc:  # any failure to reach the upstream is the upstream's
+                raise self._transport_error(exc) from exc
+        raise ProviderTimeout(f"{self.label} sent no {what} within {waited:g}s", provider=self._owner.name)
+
+    async def read(self, response: httpx.Response, deadline: float, limit: int, waited: float) -> bytes:
+        """The whole body, read before ``deadline``; ``ProviderUnavailable`` past ``limit`` bytes."""
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise self._too_large(limit)
+        parts: list[bytes] = []
+        size = 0
+        with anyio.CancelScope(deadline=deadline):
+            try:
+                async with contextlib.aclosing(_body(response)) as chunks:
+                    async for chunk in chunks:
+                        size += len(chunk)
+                        if size > limit:
+                            raise self._too_large(limit)
+                        parts.append(chunk)
+            except ProviderError:
+                raise
+            except Exception as exc:  # any failure to read from the upstream is the upstream's
+                raise self._transport_error(exc) from exc
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        raise ProviderTimeout(f"{self.label} sent no complete answer within {waited:g}s", provider=self._owner.name)
+
+    async def fetch(self, request: httpx.Request, deadlines: Deadlines, limit: int, *, what: str = "response") -> bytes:
+        """Send ``request`` and return the body of its 2xx answer (at most ``limit`` bytes): the whole
+        exchange of a non-streamed call. A non-2xx answer raises the adapter's error for it."""
+        first, first_deadline, total, deadline = deadlines
+        response = await self.send(request, first_deadline, first, what)
+        try:
+            if response.status_code >= 300:
+                raise await self.status_error(response, deadline)
+            return await self.read(response, deadline, limit, total)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await response.aclose()
+
+    async def status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
+        """The error for a non-2xx answer, from a bounded read (64 KiB, 5 s) of its body."""
+        status = response.status_code
+        body = b""
+        with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + ERROR_BODY_WAIT)):
+            with contextlib.suppress(Exception):
+                async with contextlib.aclosing(_body(response)) as chunks:
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) >= ERROR_BODY_LIMIT:
+                            break
+        if status < 400:
+            return ProviderUnavailable(f"{self.label} answered an unexpected {status}", provider=self._owner.name)
+        return self._status_error(
+            status, response.headers, body[:ERROR_BODY_LIMIT], provider=self._owner.name, secrets=self.secrets
+        )
+
+    async def stream(
+        self, codec: StreamCodec[P], request: ChatRequest, ctx: CallContext
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Stream ``request`` as kernel events: what an adapter's ``stream`` returns.
+
+        Errors before ``StreamStart`` are raised, later ones end the stream with a ``StreamError``.
+        Until the stream started the first-token deadline applies, then the total one. Closing the
+        iterator closes the upstream response; a stream that reached its end marker is drained
+        first so the connection goes back to the pool.
+        """
+        http_request = codec.stream_request(request, ctx)
+        parser = codec.stream_parser(ctx)
+        first, first_deadline, total, deadline = self.deadlines(ctx)
+        response = await self.send(http_request, first_deadline, first)
+        try:
+            if response.status_code >= 300:
+                raise await self.status_error(response, deadline)
+            if "json" in response.headers.get("content-type", ""):
+                data = await self.read(response, deadline, ctx.max_response_bytes, total)
+                answer = codec.stream_json(data, ctx, parser)
+                if parser.failure is not None and not parser.started:
+                    raise parser.failure
+                for event in answer:
+                    yield event
+                if parser.failure is not None:
+                    yield _stream_error(parser.failure)
+                return
+            failure: ProviderError | None = None
+            limit = ctx.max_response_bytes
+            received = 0
+            read_deadline, waited, what = first_deadline, first, "first token"
+            chunks = _body(response)
+            try:
+                while True:
+                    raw: bytes | None = None
+                    with anyio.CancelScope(deadline=read_deadline) as scope:
+                        try:
+                            raw = await chunks.__anext__()
+                        except StopAsyncIteration:
+                            pass
+                        except Exception as exc:  # any failure to read from the upstream is the upstream's
+                            failure = self._transport_error(exc)
+                    if scope.cancelled_caught:
+                        failure = ProviderTimeout(
+                            f"{self.label} sent no {what} within {waited:g}s", provider=self._owner.name
+                        )
+                    if failure is not None:
+                        break
+                    if raw is None:  # the body ended before the end marker
+                        for event in parser.end():
+                            yield event
+                        failure = parser.failure
+                        break
+                    received += len(raw)
+                    if received > limit:
+                        failure = self._too_large(limit)
+                        break
+                    events = parser.feed(raw)
+                    if parser.started and read_deadline != deadline:
+                        read_deadline, waited, what = deadline, total, "complete answer"
+                    for event in events:
+                        yield event
+                    if parser.failure is not None:
+                        failure = parser.failure
+                        break
+                    if parser.done:
+                        await self._drain(chunks, deadline)
+                        break
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await chunks.aclose()
+            if failure is not None:
+                if not parser.started:
+                    raise failure
+                yield _stream_error(failure)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await response.aclose()
+
+    async def _drain(self, chunks: AsyncIterator[bytes], deadline: float) -> None:
+        drained = 0
+        with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + DRAIN_WAIT)):
+            with contextlib.suppress(Exception):
+                async for raw in chunks:
+                    drained += len(raw)
+                    if drained > DRAIN_LIMIT:
+                        break
+
+    # -- errors -------------------------------------------------------------------------------------
+
+    def _transport_error(self, exc: BaseException) -> ProviderError:
+        return transport_error(exc, provider=self._owner.name, secrets=self.secrets, label=self.label)
+
+    def _too_large(self, limit: int) -> ProviderUnavailable:
+        return ProviderUnavailable(f"{self.label} response is larger than {limit} bytes", provider=self._owner.name)
+
+    def _not_started(self) -> ProviderUnavailable:
+        name = self._owner.name
+        return ProviderUnavailable(f"provider {name!r} is not started", provider=name)
+
+
+# -- the adapter side -------------------------------------------------------------------------------
+
+
+class UpstreamProvider:
+    """Base class of a provider adapter that owns one :class:`Upstream` as ``self.upstream``.
+
+    Gives it :meth:`open` / :meth:`aclose` (which :func:`provider_lifespan` calls) and
+    ``async with provider:`` (for tests).
+    """
+
+    name: str
+    upstream: Upstream
+
+    async def open(self, *, connect_timeout: float = 10.0) -> None:
+        """Create the pooled upstream client (idempotent)."""
+        await self.upstream.open(connect_timeout=connect_timeout)
+
+    async def aclose(self) -> None:
+        """Close the upstream client and its connections."""
+        await self.upstream.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+@contextlib.asynccontextmanager
+async def provider_lifespan(
+    provider: UpstreamProvider,
+    context: PluginContext,
+    *,
+    discover: Callable[..., Awaitable[list[str]]] | None = None,
+) -> AsyncIterator[None]:
+    """A provider plugin's ``sira_lifespan``: name ``provider`` after the plugin instance, open its
+    client (with the kernel's connect timeout), run ``discover(timeout=...)`` if given (a failure is
+    logged, not fatal: serving the configured models beats not starting at all), close it on exit."""
+    provider.name = context.plugin_id
+    limits = context.config.limits
+    await provider.open(connect_timeout=limits.connect_timeout)
+    try:
+        if discover is not None:
+            try:
+                found = await discover(timeout=limits.first_token_timeout)
+            except Exception as exc:
+                context.log.warning("model discovery failed", error=str(exc))
+            else:
+                context.log.info("models discovered", count=len(found))
+        yield
+    finally:
+        await provider.aclose()  # after the kernel drained every call using it
