@@ -24,6 +24,5 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
 
 @pytest.fixture(scope="module")
 def admin(server: ServerThread) -> Iterator[Admin]:
-    client = Admin(server)
-    yield client
-    client.client.close()
+    with Admin(server) as client:
+        yield client

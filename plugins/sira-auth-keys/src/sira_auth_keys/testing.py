@@ -89,6 +89,15 @@ class Admin:
         self.credential = key
         self.client = httpx.Client(base_url=server.admin_url, timeout=10)
 
+    def __enter__(self) -> Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+
     def __call__(self, method: str, path: str, json: Any = None, key: str | None = None,
                  params: dict[str, Any] | None = None, content: bytes | None = None) -> httpx.Response:
         headers = {"authorization": f"Bearer {key or self.credential}"}
