@@ -87,13 +87,32 @@ async def test_a_newer_schema_fails_the_plugin_with_a_clear_reason(tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_two_plugin_instances_on_one_file_start_together(tmp_path: Path) -> None:
+async def test_two_kernels_start_together_on_one_new_file(tmp_path: Path) -> None:
+    """Two workers of ``sira serve`` starting at once: both migrate-or-wait, both serve."""
     path = str(tmp_path / "sira.db")
-    first, second = kernel_with({"path": path}), kernel_with({"path": path})
-    async with first, second:
-        assert state_of(first) == state_of(second) == ("active", None)
-        await first.services.get(KeyStore).create_tenant(Tenant(id="t", name="acme", created_at=1.0))
-        assert await second.services.get(KeyStore).get_tenant("t") is not None
+    kernels = [kernel_with({"path": path}), kernel_with({"path": path})]
+    running: list[Any] = []
+    stop = anyio.Event()
+
+    async def serve(kernel: Any) -> None:
+        async with kernel:
+            running.append(kernel)
+            await stop.wait()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for kernel in kernels:
+                tg.start_soon(serve, kernel)
+            while len(running) < 2:
+                await anyio.sleep(0.01)
+            try:
+                assert [state_of(k) for k in kernels] == [("active", None)] * 2
+                stores = [k.services.get(KeyStore) for k in kernels]
+                assert sorted(s.migrated_from for s in stores) == [0, SCHEMA_VERSION]
+                await stores[0].create_tenant(Tenant(id="t", name="acme", created_at=1.0))
+                assert await stores[1].get_tenant("t") is not None
+            finally:
+                stop.set()
 
 
 @pytest.mark.anyio
