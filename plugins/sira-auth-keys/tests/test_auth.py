@@ -112,6 +112,25 @@ def test_rotation_keeps_the_old_key_for_the_grace_period(server: ServerThread, a
     assert again.status_code == 409
 
 
+def test_a_rotated_key_continues_its_predecessors_limits_and_budget(server: ServerThread, admin: Admin,
+                                                                   tenant: str) -> None:
+    old, record = admin.key(tenant, name="line", limits={"rpm": 3, "budget_usd": 1.0, "budget_period": "daily"})
+    assert [chat(server, old).status_code for _ in range(2)] == [200, 200]
+    rotated = admin.ok("POST", f"/keys/{record['id']}/rotate", {"grace_seconds": 0}, status=201)
+    assert rotated["record"]["principal_id"] == record["id"] == rotated["previous"]["principal_id"]
+    new = rotated["key"]
+    assert chat(server, new).status_code == 200
+    limited = chat(server, new)  # the same requests-per-minute bucket as the old key
+    assert limited.status_code == 429 and f"key/{record['id']}" in limited.json()["error"]["message"]
+    budget = admin.ok("GET", f"/budgets/key/{rotated['record']['id']}")
+    assert budget["id"] == record["id"] and budget["spent_usd"] == pytest.approx(3 * 0.006)
+    # nobody can forge a line: sira: metadata is reserved, and an update keeps the line
+    reserved = admin("PUT", f"/keys/{rotated['record']['id']}", {"metadata": {"sira:lineage": "other"}})
+    assert reserved.status_code == 400 and reserved.json()["error"]["param"] == "metadata"
+    updated = admin.ok("PUT", f"/keys/{rotated['record']['id']}", {"metadata": {"team": "x"}})
+    assert updated["principal_id"] == record["id"] and updated["metadata"]["team"] == "x"
+
+
 def test_allowed_models(server: ServerThread, admin: Admin, tenant: str) -> None:
     key, _ = admin.key(tenant, name="models", allowed_models=["fake-1"])
     assert chat(server, key, "fake-1").status_code == 200

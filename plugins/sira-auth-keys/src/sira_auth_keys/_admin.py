@@ -52,7 +52,7 @@ from sira_kernel.storage import AuditEntry, AuditStore, KeyRecord, KeyStore, Lim
 from sira_kernel.surface import request_info
 
 from ._budgets import SCOPE_NAMES, Budget, period_bounds
-from ._keys import display_prefix, generate_key
+from ._keys import LINEAGE, display_prefix, generate_key, lineage
 from ._policy import Actor, Denied, check_key_grant, check_limits_within, role_within
 from ._schema import (
     Invalid,
@@ -113,6 +113,7 @@ def key_view(record: KeyRecord, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     view = msgspec.structs.asdict(record)
     del view["key_hash"]
+    view["principal_id"] = lineage(record.metadata, record.id)
     view["limits"] = msgspec.structs.asdict(record.limits)
     if record.revoked_at is not None and record.revoked_at <= now:
         view["status"] = "revoked"
@@ -380,6 +381,8 @@ def register_admin(register: RouteRegistrar, plugin: AuthKeysPlugin, prefix: str
                 changes[field] = value
         if data.limits is not UNSET:
             changes["limits"] = _limits(data.limits)
+        if "metadata" in changes and LINEAGE in record.metadata:
+            changes["metadata"] = {**changes["metadata"], LINEAGE: record.metadata[LINEAGE]}
         if changes.get("expires_at") is not None and changes["expires_at"] <= call.now:
             raise Invalid("expires_at: must be in the future", "expires_at")
         updated = msgspec.structs.replace(record, **changes)
@@ -412,6 +415,7 @@ def register_admin(register: RouteRegistrar, plugin: AuthKeysPlugin, prefix: str
         fresh = msgspec.structs.replace(
             record, id=new_id("key"), key_hash=plugin.hash_key(secret), prefix=display_prefix(secret),
             created_at=call.now, created_by=call.actor.id, revoked_at=None, rotated_to=None,
+            metadata={**record.metadata, LINEAGE: lineage(record.metadata, record.id)},
         )
         check_key_grant(call.actor, fresh)
         stored = await keys().create_key(fresh)
@@ -645,8 +649,9 @@ def register_admin(register: RouteRegistrar, plugin: AuthKeysPlugin, prefix: str
         for tenant in tenants:
             scopes: list[tuple[str, str, Limits]] = [("tenant", tenant.id, tenant.limits)]
             scopes += [("team", t.id, t.limits) for t in await store.list_teams(tenant.id)]
-            scopes += [("principal", k.id, k.limits) for k in await store.list_keys(tenant_id=tenant.id)
-                       if k.revoked_at is None]
+            lines = {lineage(k.metadata, k.id): k.limits for k in await store.list_keys(tenant_id=tenant.id)
+                     if k.revoked_at is None}
+            scopes += [("principal", line, limits) for line, limits in lines.items()]
             for scope, scope_id, limits in scopes:
                 view = await budget_of(scope, scope_id, limits)
                 if view is not None:
@@ -666,7 +671,8 @@ def register_admin(register: RouteRegistrar, plugin: AuthKeysPlugin, prefix: str
         elif scope == "team":
             limits = (await team_in_reach(call, scope_id)).limits
         else:
-            limits = (await key_in_reach(call, scope_id)).limits
+            record = await key_in_reach(call, scope_id)
+            limits, scope_id = record.limits, lineage(record.metadata, record.id)
         view = await budget_of(scope, scope_id, limits)
         if view is None:
             raise NotFound(f"budget on {scope_name}", scope_id)

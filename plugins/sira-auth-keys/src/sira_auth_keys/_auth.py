@@ -32,7 +32,7 @@ from sira_kernel.storage import KeyRecord, KeyStore, Limits, Role, Team, Tenant,
 
 from ._budgets import Budget, Concurrency, Ledger
 from ._config import AuthKeysConfig
-from ._keys import KEY_PREFIX, KeyHasher, is_well_formed
+from ._keys import KEY_PREFIX, KeyHasher, is_well_formed, lineage
 from ._policy import PERMISSIONS, Actor, RoutePatterns, effective_role
 
 __all__ = ["CURRENT", "CachedKey", "KeyAuthenticator"]
@@ -193,7 +193,8 @@ class KeyAuthenticator:
     def _build(self, record: KeyRecord, key_hash: str, tenant: Tenant, team: Team | None, role: Role,
                now: float) -> CachedKey:
         ledger = self.ledger
-        scopes: list[tuple[str, str, Limits]] = [("principal", record.id, record.limits)]
+        principal_id = lineage(record.metadata, record.id)
+        scopes: list[tuple[str, str, Limits]] = [("principal", principal_id, record.limits)]
         if team is not None:
             scopes.append(("team", team.id, team.limits))
         scopes.append(("tenant", tenant.id, tenant.limits))
@@ -207,9 +208,9 @@ class KeyAuthenticator:
             if limits.max_concurrent is not None:
                 slots.append(ledger.counter(scope, scope_id, limits.max_concurrent))
         principal = Principal(
-            id=record.id, kind="key", tenant=record.tenant_id, team=record.team_id, roles=(role,),
+            id=principal_id, kind="key", tenant=record.tenant_id, team=record.team_id, roles=(role,),
             allowed_models=tuple(record.allowed_models) if record.allowed_models is not None else None,
-            limits=tuple(specs), metadata=dict(record.metadata),
+            limits=tuple(specs), metadata={**record.metadata, "sira:key_id": record.id},
         )
         valid_until = now + self.config.refresh_interval
         if record.expires_at is not None:

@@ -15,6 +15,7 @@ import string
 
 __all__ = [
     "KEY_PREFIX",
+    "LINEAGE",
     "MAX_KEY_CHARS",
     "MIN_KEY_CHARS",
     "KeyHasher",
@@ -25,6 +26,10 @@ __all__ = [
 ]
 
 KEY_PREFIX = "sk-sira-"
+LINEAGE = "sira:lineage"
+"""Metadata entry a rotated key carries: the id of the first key of its line. The principal, its
+rate limits, concurrency and budget use this id, so a rotation continues them instead of starting
+afresh (clients cannot set ``sira:`` entries)."""
 MIN_KEY_CHARS = 32
 MAX_KEY_CHARS = 64
 DISPLAY_CHARS = 4
@@ -48,6 +53,12 @@ def is_well_formed(token: str) -> bool:
     """Length and charset check, done before any lookup: 32–64 ASCII letters or digits after the prefix."""
     body = token[_PREFIX_LEN:]
     return MIN_KEY_CHARS <= len(body) <= MAX_KEY_CHARS and body.isascii() and body.isalnum()
+
+
+def lineage(metadata: dict[str, object], key_id: str) -> str:
+    """The principal id of a key: its line's first key id (itself unless it came from a rotation)."""
+    found = metadata.get(LINEAGE)
+    return found if isinstance(found, str) and found else key_id
 
 
 def display_prefix(key: str) -> str:

@@ -173,6 +173,8 @@ def _explain(error: msgspec.ValidationError) -> Invalid:
 
 
 def _check_metadata(metadata: dict[str, Any], field: str = "metadata") -> None:
+    if any(key.startswith("sira:") for key in metadata):
+        raise Invalid(f"{field}: keys starting with 'sira:' are reserved", field)
     if len(msgspec.json.encode(metadata)) > MAX_METADATA_BYTES:
         raise Invalid(f"{field}: at most {MAX_METADATA_BYTES} bytes of JSON", field)
 
