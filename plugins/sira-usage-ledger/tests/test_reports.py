@@ -312,7 +312,8 @@ async def test_only_admins_read_reports_and_only_on_the_admin_listener(tmp_path:
 async def test_delegated_admin_access_does_not_open_the_reports(tmp_path: Path) -> None:
     async with reports_kernel(tmp_path, seeded_store(), auth=DelegatingKeys) as kernel:
         async with client(kernel, token="tk-acme") as tenant:
-            assert (await tenant.get("/api/v1/plugins")).status_code == 200  # the guard let it in
+            assert (await tenant.get("/api/v1/no-such-route")).status_code == 404  # past the guard
+            assert (await tenant.get("/api/v1/plugins")).status_code == 403  # kernel routes: admin role only
             for path in ("/api/v1/reports/summary", "/api/v1/reports/detailed", "/api/v1/ledger"):
                 response = await tenant.get(path)
                 assert response.status_code == 403
