@@ -148,9 +148,7 @@ class KeyAuthenticator:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        store = self.keystore()
-        getter = {"tenant": store.get_tenant, "team": store.get_team, "user": store.get_user}[kind]
-        value = await getter(object_id)
+        value = await getattr(self.keystore(), f"get_{kind}")(object_id)
         if len(self.objects) >= self.config.cache_size:
             self.objects.clear()
         self.objects[(kind, object_id)] = (value, now + self.config.refresh_interval)
@@ -299,7 +297,9 @@ class KeyAuthenticator:
                 _log.warning("auth_keys.holds_expired", count=expired)
 
     async def poll_once(self) -> None:
-        store = self.keystore()
+        store = self.services.find(KeyStore)
+        if store is None:  # the kernel is shutting down (or the store is being replaced)
+            return
         if self.version is None:
             self.version, _ = await store.changes_since(0)
             self.clear()  # changes before now were not seen: start afresh
