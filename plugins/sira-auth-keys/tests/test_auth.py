@@ -198,6 +198,42 @@ def test_concurrent_requests(server: ServerThread, admin: Admin, tenant: str) ->
     assert chat(server, key).status_code == 200
 
 
+def test_streams_hold_their_slot_until_they_end(server: ServerThread, admin: Admin, tenant: str) -> None:
+    key, record = admin.key(tenant, name="streamer", limits={"max_concurrent": 1, "budget_usd": 10.0})
+    provider = server.kernel.snapshot.route_table.providers["fake"]
+    provider.delay = 0.1  # between words: the stream stays open for half a second
+    try:
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                          json={"model": "fake-1", "messages": [{"role": "user", "content": "hi"}],
+                                "stream": True}) as streamed:
+            assert streamed.status_code == 200
+            assert chat(server, key).status_code == 429  # the stream is still open
+            body = streamed.read()
+    finally:
+        provider.delay = 0.0
+    assert b"[DONE]" in body
+    ledger = plugin(server).ledger
+    slot = ("principal", record["id"])
+    wait_for(lambda: ledger.counters[slot].running == 0)
+    assert ledger.budgets[slot].spent == pytest.approx(0.006) and ledger.budgets[slot].reserved == 0
+    assert chat(server, key).status_code == 200
+
+
+def test_a_reloaded_plugin_keeps_serving_keys(server: ServerThread, admin: Admin, tenant: str) -> None:
+    key, _ = admin.key(tenant, name="reload")
+    assert chat(server, key).status_code == 200
+    server.call(server.kernel.replace, "auth-keys")
+    assert chat(server, key).status_code == 200
+    assert admin("GET", "/keys").status_code == 200
+
+
+def test_nothing_is_left_held(server: ServerThread) -> None:
+    ledger = plugin(server).ledger
+    wait_for(lambda: not ledger.holds)
+    assert all(slot.running == 0 for slot in ledger.counters.values())
+    assert all(budget.reserved == 0 for budget in ledger.budgets.values())
+
+
 def test_key_budget(server: ServerThread, admin: Admin, tenant: str) -> None:
     # 0.001 USD a token; "hi" + the fake reply is 6 tokens: 0.006 a request, reserved as about
     # 0.026 (the ~70-byte body as 18 prompt tokens + 8 completion tokens): 5 requests fit in 0.05

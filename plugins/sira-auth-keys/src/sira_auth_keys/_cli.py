@@ -10,6 +10,7 @@ shown once) and what was created on stderr, so ``KEY=$(sira keys create --name c
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -20,6 +21,7 @@ from sira_kernel.cli import CLIError, admin_client
 __all__ = ["add_commands"]
 
 PREFIX = "/api/v1"
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def _client(args: argparse.Namespace) -> httpx.Client:
@@ -98,6 +100,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_id(value: str) -> str:
+    if not _ID.match(value):
+        raise argparse.ArgumentTypeError("a key id is 1-64 letters, digits, '_' or '-'")
+    return value
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
     revoked = _call(args, "POST", f"/keys/{args.key_id}/revoke")
     if args.json:
@@ -153,10 +161,10 @@ def add_commands(sub: Any, with_config: Any) -> None:
     listing.set_defaults(func=cmd_list)
 
     revoke = common(commands.add_parser("revoke", help="revoke a key (every worker refuses it within a second)"))
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", type=_key_id)
     revoke.set_defaults(func=cmd_revoke)
 
     rotate = common(commands.add_parser("rotate", help="replace a key; the old one works for a grace period"))
-    rotate.add_argument("key_id")
+    rotate.add_argument("key_id", type=_key_id)
     rotate.add_argument("--grace", type=float, help="seconds the old key stays valid (default: the plugin's)")
     rotate.set_defaults(func=cmd_rotate)

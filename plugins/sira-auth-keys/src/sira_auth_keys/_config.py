@@ -24,8 +24,8 @@ class AuthKeysConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Random base62 characters after ``sk-sira-`` in newly created keys (40 ≈ 238 bits)."""
     admin_prefix: Annotated[str, msgspec.Meta(pattern=r"^(/[a-z0-9-]+)+\Z")] = "/api/v1"
     """Where the admin API lives on the admin listener (``{prefix}/keys``, ``{prefix}/tenants``…)."""
-    cache_size: Annotated[int, msgspec.Meta(ge=16, le=10_000_000)] = 200_000
-    """Authenticated keys kept in memory (hash → key, team, tenant, limits)."""
+    cache_size: Annotated[int, msgspec.Meta(ge=16, le=10_000_000)] = 100_000
+    """Authenticated keys kept in memory (hash → key, principal, limits; about 1.6 KB each)."""
     negative_cache_size: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 10_000
     """Hashes of unknown, revoked or expired keys remembered, so repeated bad keys skip the store."""
     negative_cache_ttl: Seconds = 10.0
