@@ -1,8 +1,8 @@
 """A fake Anthropic Messages API upstream: a real HTTP server on loopback, for tests.
 
-Same machinery and test API as :class:`~sira_kernel.testing.fake_openai.FakeOpenAIUpstream` (an
-aiohttp server on ``127.0.0.1`` in a background thread, recorded requests, queued faults, stream
-counters), speaking Anthropic's wire format instead::
+A :class:`~sira_kernel.testing.loopback.LoopbackUpstream` (an aiohttp server on ``127.0.0.1`` in a
+background thread, recorded requests, queued faults, stream counters) speaking Anthropic's wire
+format::
 
     from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream, Fault
 
@@ -23,14 +23,14 @@ Public API
     ``start()`` / ``stop()``, or use it as a context manager. Attributes and methods:
 
     - ``base_url``: ``"http://127.0.0.1:PORT"`` (clients append ``/v1/messages``); ``port``.
-    - ``requests``: list of :class:`~sira_kernel.testing.fake_openai.RecordedRequest` (``method``,
+    - ``requests``: list of :class:`~sira_kernel.testing.loopback.RecordedRequest` (``method``,
       ``path``, ``query``, ``headers`` with lower-cased names, ``json``, ``body``).
     - ``open_streams``, ``aborted_streams`` (the client went away), ``dropped_streams`` (cut on
       purpose by ``Fault.drop_after``), ``completed_streams``, ``connections_open``.
     - ``enqueue(*faults)``: :class:`Fault` objects for the coming requests, one each, FIFO
-      (``fake_openai.Fault`` works too); ``pending_faults``.
-    - ``replay(name)``: the next request is answered with the checked-in exchange ``name`` (see
-      :func:`fixture_names`), whatever it asked.
+      (the loopback ``Fault`` works too); ``pending_faults``.
+    - ``replay(name, **fault_fields)``: the next request is answered with the checked-in exchange
+      ``name`` (see :func:`fixture_names`), whatever it asked.
     - ``wait_until(predicate, timeout=5.0)`` / ``await wait_until_async(...)``; ``reset()``.
 
 Endpoints
@@ -64,10 +64,9 @@ last block carrying ``cache_control`` is a cache prefix, reported as
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
-import importlib.resources
+import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,8 +74,20 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from . import fake_openai
-from .fake_openai import TOOL_ARGUMENTS, FakeOpenAIUpstream, RecordedRequest, _abort, _format_seconds
+from . import loopback
+from .loopback import (
+    FALLBACK_REPLY,
+    THINKING_TEXT,
+    TOOL_ARGUMENTS,
+    LoopbackUpstream,
+    RecordedRequest,
+    body_fault,
+    fixture_files,
+    fragments,
+    split_sse,
+    split_words,
+    sse_event,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -90,8 +101,6 @@ __all__ = [
 ]
 
 DEFAULT_MODELS: tuple[str, ...] = ("claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1")
-FALLBACK_REPLY = "Hello from the fake upstream."
-THINKING_TEXT = "Let me think about that."
 TOOL_PREAMBLE = "Let me check."
 
 #: Anthropic's error ``type`` for each HTTP status it documents.
@@ -114,13 +123,13 @@ _MESSAGE_FIELDS = frozenset(
         "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
         "container", "mcp_servers", "context_management",
     }
-)
+)  # fmt: skip
 _COUNT_FIELDS = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"})
 
 
 @dataclass
-class Fault(fake_openai.Fault):
-    """What the server does to one request; ``fake_openai.Fault`` plus Anthropic-only knobs.
+class Fault(loopback.Fault):
+    """What the server does to one request; the loopback ``Fault`` plus Anthropic-only knobs.
 
     ``status`` answers an Anthropic error body (``{"type": "error", "error": {...}}``) whose type
     follows the status (529 is ``overloaded_error``) unless ``error_type`` says otherwise.
@@ -150,51 +159,30 @@ class Exchange:
     stream: bytes | None
 
 
-def _fixtures() -> Any:
-    return importlib.resources.files("sira_kernel.testing").joinpath("fixtures", "anthropic")
-
-
 def fixture_names() -> list[str]:
     """The names of the checked-in exchanges, sorted."""
-    return sorted(entry.name for entry in _fixtures().iterdir() if entry.is_dir())
+    return loopback.fixture_names("anthropic")
 
 
 def load_fixture(name: str) -> Exchange:
     """The checked-in exchange ``name``; ``KeyError`` when there is none."""
-    folder = _fixtures().joinpath(name)
-    if not name or "/" in name or not folder.is_dir():
-        raise KeyError(f"no Anthropic fixture named {name!r} (have: {', '.join(fixture_names())})")
-    response = folder.joinpath("response.json")
-    stream = folder.joinpath("stream.sse")
+    files = fixture_files("anthropic", name, label="Anthropic")
+    response = files.get("response.json")
     return Exchange(
         name=name,
-        request=msgspec.json.decode(folder.joinpath("request.json").read_bytes()),
-        response=msgspec.json.decode(response.read_bytes()) if response.is_file() else None,
-        stream=stream.read_bytes() if stream.is_file() else None,
+        request=msgspec.json.decode(files["request.json"]),
+        response=msgspec.json.decode(response) if response is not None else None,
+        stream=files.get("stream.sse"),
     )
-
-
-def split_events(stream: bytes) -> list[bytes]:
-    """``stream`` cut after each blank line, so that the pieces join back into the same bytes."""
-    pieces: list[bytes] = []
-    start = 0
-    while (end := stream.find(b"\n\n", start)) != -1:
-        pieces.append(stream[start : end + 2])
-        start = end + 2
-    if start < len(stream):
-        pieces.append(stream[start:])
-    return pieces
 
 
 # -- the server -------------------------------------------------------------------------------------
 
 
-class FakeAnthropicUpstream(FakeOpenAIUpstream):
-    """A real Anthropic-format HTTP server on loopback, run in a background thread. See the module doc.
+class FakeAnthropicUpstream(LoopbackUpstream):
+    """A real Anthropic-format HTTP server on loopback, run in a background thread. See the module doc."""
 
-    The server machinery (thread, loop, fault queue, counters) is FakeOpenAIUpstream's; only the
-    wire format differs.
-    """
+    fault_type = Fault
 
     def __init__(
         self,
@@ -206,15 +194,11 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
         super().__init__(chunk_delay=chunk_delay, api_key=api_key, models=models)
         self._cached_prefixes: set[str] = set()
 
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``: Anthropic clients append ``/v1/messages`` themselves."""
-        return self.root_url
-
-    def replay(self, name: str) -> None:
-        """Answer the next request with the checked-in exchange ``name``."""
+    def replay(self, name: str, **fault_fields: Any) -> None:
+        """Answer the next request with the checked-in exchange ``name`` (plus any other
+        :class:`Fault` fields)."""
         load_fixture(name)  # fail here, in the test, for an unknown name
-        self.enqueue(Fault(fixture=name))
+        self.enqueue(Fault(fixture=name, **fault_fields))
 
     def reset(self) -> None:
         """Forget recorded requests, queued faults, counters and the simulated prompt cache."""
@@ -223,45 +207,13 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
 
     # -- request handling ---------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
-            body = None
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                json=body,
-                body=raw,
-            )
-        )
-        fault = self._faults.popleft() if self._faults else Fault()
+    async def handle(self, request: web.Request, body: Any, fault: loopback.Fault) -> web.StreamResponse:
+        """Answer in Anthropic's format (see the module doc)."""
         self._ids += 1
-        headers = {"request-id": f"req_fake_{self._ids}", **fault.headers}
-        if fault.retry_after is not None:
-            headers["retry-after"] = _format_seconds(fault.retry_after)
-
-        if fault.reset:
-            _abort(request, rst=True)
-            return web.Response(status=500)  # never sent: the connection is gone
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.hang:
-            while not self._stopping:
-                await asyncio.sleep(0.02)
-            _abort(request, rst=False)
-            return web.Response(status=500)
-
+        headers = {"request-id": f"req_fake_{self._ids}", **self.fault_headers(fault)}
         is_stream = isinstance(body, dict) and bool(body.get("stream"))
         if fault.body is not None:
-            headers["Content-Type"] = fault.content_type or (
-                "text/event-stream" if is_stream else "application/json"
-            )
-            return web.Response(status=fault.status or 200, body=fault.body, headers=headers)
+            return body_fault(fault, headers, stream=is_stream)
         if fault.status is not None and fault.status >= 400:
             error_type = getattr(fault, "error_type", None) or _error_type(fault.status)
             return _error(fault.status, error_type, fault.message, headers)
@@ -290,64 +242,30 @@ class FakeAnthropicUpstream(FakeOpenAIUpstream):
         reply = _Reply.build(body, f"msg_fake_{self._ids}", self._cache_usage(body))
         if is_stream:
             return await self._stream_events(request, reply.events(), fault, headers)
-        if fault.first_token_delay or fault.drop_after is not None:
-            return await self._partial_body(request, reply.message(), fault, headers)
-        return web.json_response(reply.message(), headers=headers)
+        return await self.write_json(request, msgspec.json.encode(reply.message()), fault, headers)
 
     async def _replay(
-        self, request: web.Request, exchange: Exchange, fault: fake_openai.Fault, headers: dict[str, str]
+        self, request: web.Request, exchange: Exchange, fault: loopback.Fault, headers: dict[str, str]
     ) -> web.StreamResponse:
         if exchange.stream is not None:
-            return await self._stream_events(request, split_events(exchange.stream), fault, headers)
+            return await self._stream_events(request, split_sse(exchange.stream), fault, headers)
         assert exchange.response is not None
-        if fault.first_token_delay or fault.drop_after is not None:
-            return await self._partial_body(request, exchange.response, fault, headers)
-        return web.json_response(exchange.response, headers=headers)
+        return await self.write_json(request, msgspec.json.encode(exchange.response), fault, headers)
 
     async def _stream_events(
-        self, request: web.Request, events: Iterable[bytes], fault: fake_openai.Fault, headers: dict[str, str]
+        self, request: web.Request, events: Iterable[bytes], fault: loopback.Fault, headers: dict[str, str]
     ) -> web.StreamResponse:
-        """Write SSE ``events`` one by one, shaped by the fault (pacing, cuts, a mid-stream error)."""
-        delay = self.chunk_delay if fault.chunk_delay is None else fault.chunk_delay
+        """Write SSE ``events``, shaped by the fault (pacing, cuts, an error event after ``error_after``)."""
         error_after = getattr(fault, "error_after", None)
-        response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        self.open_streams += 1
-        try:
-            if fault.first_token_delay:
-                await asyncio.sleep(fault.first_token_delay)
-            for sent, event in enumerate(events):
-                if fault.drop_after is not None and sent >= fault.drop_after:
-                    self.dropped_streams += 1
-                    _abort(request, rst=False)
-                    return response
-                if error_after is not None and sent >= error_after:
-                    error_type = getattr(fault, "error_type", None) or "overloaded_error"
-                    await response.write(_sse("error", _error_body(error_type, fault.message)))
-                    break
-                if sent and delay:
-                    await asyncio.sleep(delay)
-                await response.write(event)
-            await response.write_eof()
-            self.completed_streams += 1
-            return response
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            raise
-        except ConnectionError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            return response
-        finally:
-            self.open_streams -= 1
+        if error_after is not None:
+            error_type = getattr(fault, "error_type", None) or "overloaded_error"
+            error = sse_event(_error_body(error_type, fault.message), event="error")
+            events = itertools.chain(itertools.islice(events, error_after), [error])
+        return await self.write_sse(request, events, fault, headers, content_type="text/event-stream; charset=utf-8")
 
     def _models_body(self) -> dict[str, Any]:
         data = [
-            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
-            for m in self.models
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in self.models
         ]
         return {
             "data": data,
@@ -417,9 +335,8 @@ def _check(body: dict[str, Any], *, counting: bool) -> str | None:
             return f"{where}: all messages must have non-empty content"
         results = {b.get("tool_use_id") for b in blocks if b.get("type") == "tool_result"}
         if pending_tool_ids - results:
-            return (
-                f"{where}: `tool_use` ids were found without `tool_result` blocks immediately after: "
-                + ", ".join(sorted(pending_tool_ids - results))
+            return f"{where}: `tool_use` ids were found without `tool_result` blocks immediately after: " + ", ".join(
+                sorted(pending_tool_ids - results)
             )
         if results - pending_tool_ids:
             return f"{where}: unexpected `tool_use_id` found in `tool_result` blocks"
@@ -523,17 +440,8 @@ def _text_of(content: Any) -> str:
     return " ".join(p for p in parts if p)
 
 
-def _split_words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]] if text else []
-
-
-def _fragments(arguments: str, size: int = 6) -> list[str]:
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
-
-
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + msgspec.json.encode(data) + b"\n\n"
+def _event(event: str, data: dict[str, Any]) -> bytes:
+    return sse_event(data, event=event)
 
 
 def _thinking_on(body: dict[str, Any]) -> bool:
@@ -586,14 +494,14 @@ class _Reply:
             if isinstance(sequence, str) and sequence and sequence in text:
                 text, stop_reason, stop_sequence = text[: text.index(sequence)], "stop_sequence", sequence
                 break
-        words = _split_words(text)
+        words = split_words(text)
         limit = body.get("max_tokens")
         if isinstance(limit, int) and 0 < limit < len(words):
             words, stop_reason, stop_sequence, tool_uses = words[:limit], "max_tokens", None, []
         return cls(
             id=message_id,
             model=str(body.get("model")),
-            thinking_words=_split_words(THINKING_TEXT) if _thinking_on(body) else [],
+            thinking_words=split_words(THINKING_TEXT) if _thinking_on(body) else [],
             text_words=words,
             tool_uses=tool_uses,
             stop_reason=stop_reason,
@@ -603,8 +511,8 @@ class _Reply:
 
     @property
     def output_tokens(self) -> int:
-        fragments = sum(len(_fragments(t.arguments)) for t in self.tool_uses)
-        return len(self.thinking_words) + len(self.text_words) + fragments
+        pieces = sum(len(fragments(t.arguments)) for t in self.tool_uses)
+        return len(self.thinking_words) + len(self.text_words) + pieces
 
     def _usage(self, output_tokens: int) -> dict[str, Any]:
         return {
@@ -642,28 +550,28 @@ class _Reply:
         """The SSE events of the streamed answer, as Anthropic sends them."""
         start = {**self.message(), "content": [], "stop_reason": None, "stop_sequence": None}
         start["usage"] = self._usage(1)
-        yield _sse("message_start", {"type": "message_start", "message": start})
+        yield _event("message_start", {"type": "message_start", "message": start})
         index = 0
         if self.thinking_words:
             yield from self._block(index, {"type": "thinking", "thinking": ""})
             for word in self.thinking_words:
                 yield self._delta(index, {"type": "thinking_delta", "thinking": word})
             yield self._delta(index, {"type": "signature_delta", "signature": _signature("".join(self.thinking_words))})
-            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
             index += 1
         if self.text_words:
             yield from self._block(index, {"type": "text", "text": ""})
             for word in self.text_words:
                 yield self._delta(index, {"type": "text_delta", "text": word})
-            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
             index += 1
         for tool in self.tool_uses:
             yield from self._block(index, {"type": "tool_use", "id": tool.id, "name": tool.name, "input": {}})
-            for fragment in ["", *_fragments(tool.arguments)]:
+            for fragment in ["", *fragments(tool.arguments)]:
                 yield self._delta(index, {"type": "input_json_delta", "partial_json": fragment})
-            yield _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+            yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
             index += 1
-        yield _sse(
+        yield _event(
             "message_delta",
             {
                 "type": "message_delta",
@@ -671,17 +579,17 @@ class _Reply:
                 "usage": {"output_tokens": self.output_tokens},
             },
         )
-        yield _sse("message_stop", {"type": "message_stop"})
+        yield _event("message_stop", {"type": "message_stop"})
 
     @staticmethod
     def _block(index: int, block: dict[str, Any]) -> Iterator[bytes]:
-        yield _sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
+        yield _event("content_block_start", {"type": "content_block_start", "index": index, "content_block": block})
         if index == 0:
-            yield _sse("ping", {"type": "ping"})  # Anthropic pings early in every stream
+            yield _event("ping", {"type": "ping"})  # Anthropic pings early in every stream
 
     @staticmethod
     def _delta(index: int, delta: dict[str, Any]) -> bytes:
-        return _sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        return _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
 
 # -- errors -----------------------------------------------------------------------------------------
@@ -701,6 +609,4 @@ def _error_body(error_type: str, message: str | None) -> dict[str, Any]:
 def _error(status: int, error_type: str, message: str | None, headers: dict[str, str]) -> web.Response:
     body = _error_body(error_type, message)
     body["request_id"] = headers.get("request-id")
-    return web.Response(
-        status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers)

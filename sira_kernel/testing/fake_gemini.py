@@ -1,9 +1,9 @@
 """A fake Google Gemini API upstream (Generative Language API): a real HTTP server on loopback, for tests.
 
 It speaks Gemini's own wire format (camelCase JSON, ``models/{model}:method`` URLs, SSE streams whose
-every ``data:`` is a whole ``GenerateContentResponse``, Google-shaped errors) and shares the loopback
-machinery of :class:`~sira_kernel.testing.fake_openai.FakeOpenAIUpstream`: an aiohttp server on
-``127.0.0.1`` in a background thread, recorded requests, queued faults and stream counters::
+every ``data:`` is a whole ``GenerateContentResponse``, Google-shaped errors) on the machinery of
+:class:`~sira_kernel.testing.loopback.LoopbackUpstream`: an aiohttp server on ``127.0.0.1`` in a
+background thread, recorded requests, queued faults and stream counters::
 
     from sira_kernel.testing.fake_gemini import FakeGeminiUpstream, GeminiFault
 
@@ -25,7 +25,7 @@ cached_tokens=0, require_thought_signatures=False)``
     ``cached_tokens`` is reported as ``cachedContentTokenCount``; ``require_thought_signatures``
     rejects, like Gemini 3, a history whose function-call turn has no ``thoughtSignature``.
 
-    Everything :class:`FakeOpenAIUpstream` offers: ``start()``/``stop()`` or a ``with`` block,
+    The loopback test API: ``start()``/``stop()`` or a ``with`` block,
     ``base_url`` (``"http://127.0.0.1:PORT"``: the version is part of each path), ``port``,
     ``requests`` (:class:`RecordedRequest`), ``open_streams``, ``aborted_streams``,
     ``dropped_streams``, ``completed_streams``, ``connections_open``, ``enqueue(*faults)``,
@@ -36,7 +36,7 @@ cached_tokens=0, require_thought_signatures=False)``
 
 Faults
 ------
-``enqueue`` takes :class:`Fault` (from ``fake_openai``: ``status``, ``retry_after``, ``hang``,
+``enqueue`` takes :class:`Fault` (the loopback one: ``status``, ``retry_after``, ``hang``,
 ``delay``, ``first_token_delay``, ``chunk_delay``, ``drop_after``, ``reset``, ``body``,
 ``content_type``, ``message``, ``headers``) or :class:`GeminiFault`, which adds ``google_status``,
 ``retry_delay`` (a ``google.rpc.RetryInfo`` detail), ``safety_block``, ``prompt_block``,
@@ -75,17 +75,27 @@ without any terminator (Gemini has no ``[DONE]``).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from .fake_openai import FakeOpenAIUpstream, Fault, RecordedRequest, _abort, _format_seconds, _vector
+from .loopback import (
+    FALLBACK_REPLY,
+    THINKING_TEXT,
+    Fault,
+    LoopbackUpstream,
+    RecordedRequest,
+    body_fault,
+    embedding_vector,
+    fixture_files,
+    split_sse,
+    split_words,
+    sse_event,
+)
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -100,8 +110,7 @@ __all__ = [
 ]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gemini-2.0-flash", "gemini-2.5-flash", "gemini-2.5-pro", "text-embedding-004")
-FALLBACK_REPLY = "Hello from the fake upstream."
-THOUGHT_TEXT = "Let me think about that."
+THOUGHT_TEXT = THINKING_TEXT
 THOUGHT_SIGNATURE = "c2lnbmF0dXJlLWZyb20tdGhlLWZha2U="
 TOOL_ARGS: tuple[dict[str, Any], ...] = ({"location": "Paris"}, {"location": "Tokyo"})
 EMBEDDING_DIMENSIONS = 8
@@ -175,7 +184,6 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]{0,63}")
 _MODEL_PATH = re.compile(
     r"/(?P<version>v[0-9][a-z0-9]*)/(?P<model>(?:models|tunedModels)/[^/:]+):(?P<method>[A-Za-z]+)"
 )
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class _Invalid(Exception):
@@ -223,51 +231,34 @@ class GeminiFixture:
 
     def events(self) -> list[bytes]:
         """The stream body cut into its SSE events (each with its blank-line terminator)."""
-        return _split_events(self.stream or b"")
+        return split_sse(self.stream or b"")
 
 
 def load_fixture(name: str) -> GeminiFixture:
     """Read fixture ``name`` from ``sira_kernel/testing/fixtures/gemini/<name>/``."""
     if name not in FIXTURES:
         raise KeyError(f"unknown Gemini fixture {name!r}; known: {', '.join(FIXTURES)}")
-    folder = resources.files("sira_kernel.testing").joinpath("fixtures", "gemini", name)
-
-    def read(file: str) -> bytes | None:
-        path = folder.joinpath(file)
-        return path.read_bytes() if path.is_file() else None
-
-    request = read("request.json")
-    error = read("error.json")
+    files = fixture_files("gemini", name, label="Gemini")
+    request = files.get("request.json")
+    error = files.get("error.json")
     status = int(msgspec.json.decode(error)["error"]["code"]) if error is not None else 200
     return GeminiFixture(
         name=name,
         request=msgspec.json.decode(request) if request is not None else None,
-        response=read("response.json"),
-        stream=read("stream.sse"),
+        response=files.get("response.json"),
+        stream=files.get("stream.sse"),
         error=error,
         status=status,
     )
 
 
-def _split_events(body: bytes) -> list[bytes]:
-    events, start = [], 0
-    for match in _EVENT_END.finditer(body):
-        events.append(body[start : match.end()])
-        start = match.end()
-    if start < len(body):
-        events.append(body[start:])
-    return events
-
-
 # -- the server ---------------------------------------------------------------------------------------
 
 
-class FakeGeminiUpstream(FakeOpenAIUpstream):
-    """A real Gemini-API HTTP server on loopback, run in a background thread. See the module doc.
+class FakeGeminiUpstream(LoopbackUpstream):
+    """A real Gemini-API HTTP server on loopback, run in a background thread. See the module doc."""
 
-    It reuses :class:`FakeOpenAIUpstream`'s server thread, fault queue and counters; only the wire
-    format (``_dispatch``) differs.
-    """
+    fault_type = GeminiFault
 
     def __init__(
         self,
@@ -284,18 +275,6 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
         self.cached_tokens = cached_tokens
         self.require_thought_signatures = require_thought_signatures
 
-    @property
-    def base_url(self) -> str:
-        """``http://127.0.0.1:PORT``: Gemini clients add ``/v1beta/...`` themselves."""
-        return self.root_url
-
-    def start(self) -> FakeGeminiUpstream:
-        super().start()
-        return self
-
-    def __enter__(self) -> FakeGeminiUpstream:
-        return self.start()
-
     def replay(self, name: str, **fault_fields: Any) -> None:
         """Answer the next request with fixture ``name`` (plus any other :class:`GeminiFault` fields)."""
         load_fixture(name)  # fail here, in the test, for an unknown name
@@ -303,47 +282,16 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
 
     # -- request handling -------------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body: Any = msgspec.json.decode(raw) if raw else None
-            parse_failed = False
-        except msgspec.DecodeError:
-            body, parse_failed = None, True
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                json=body,
-                body=raw,
-            )
-        )
-        fault = self._faults.popleft() if self._faults else GeminiFault()
+    async def handle(self, request: web.Request, body: Any, fault: Fault) -> web.StreamResponse:
+        """Answer in Gemini's format (see the module doc)."""
         extra = fault if isinstance(fault, GeminiFault) else GeminiFault()
-
-        if fault.reset:
-            _abort(request, rst=True)
-            return web.Response(status=500)  # never written: the connection is gone
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.hang:
-            while not self._stopping:
-                await asyncio.sleep(0.02)
-            _abort(request, rst=False)
-            return web.Response(status=500)
-
         route = _MODEL_PATH.fullmatch(request.path)
         method = route["method"] if route else ""
         is_stream = method == "streamGenerateContent"
         sse = is_stream and request.query.get("alt") == "sse"
-        headers = dict(fault.headers)
-        if fault.retry_after is not None:
-            headers["Retry-After"] = _format_seconds(fault.retry_after)
+        headers = self.fault_headers(fault)
         if fault.body is not None:
-            headers["Content-Type"] = fault.content_type or ("text/event-stream" if sse else "application/json")
-            return web.Response(status=fault.status or 200, body=fault.body, headers=headers)
+            return body_fault(fault, headers, stream=sse)
         if fault.status is not None and fault.status >= 400 and extra.error_after is None:
             return _error(fault.status, fault.message, headers, extra.google_status, extra.retry_delay)
 
@@ -358,7 +306,7 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
             return denied
         if extra.fixture is not None:
             return await self._replay(request, load_fixture(extra.fixture), fault, headers, sse=sse)
-        if parse_failed or not isinstance(body, dict):
+        if not isinstance(body, dict):
             return _error(400, "Invalid JSON payload received. Unexpected token.", headers)
         model = route["model"]
         embedding = "embedding" in model
@@ -385,13 +333,13 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
             if not sse:
                 array = b"[" + b",\r\n".join(events) + b"]"
                 return web.Response(body=array, content_type="application/json", headers=headers)
-            frames = [b"data: " + event + b"\r\n\r\n" for event in events]
+            frames = [sse_event(event, newline=b"\r\n") for event in events]
             if extra.error_after is not None:
                 status = fault.status or 500
                 error = _error_body(status, fault.message, extra.google_status, extra.retry_delay)
-                frames = [*frames[: extra.error_after], b"data: " + msgspec.json.encode(error) + b"\r\n\r\n"]
-            return await self._write_stream(request, frames, fault, headers)
-        return await self._write_json(request, msgspec.json.encode(reply.response()), fault, headers)
+                frames = [*frames[: extra.error_after], sse_event(error, newline=b"\r\n")]
+            return await self.write_sse(request, frames, fault, headers)
+        return await self.write_json(request, msgspec.json.encode(reply.response()), fault, headers)
 
     def _check_key(self, request: web.Request, headers: dict[str, str]) -> web.Response | None:
         """None when the key is right (or none is demanded), else Google's answer to a missing/wrong key."""
@@ -439,64 +387,10 @@ class FakeGeminiUpstream(FakeOpenAIUpstream):
         if sse:
             if fixture.stream is None:
                 return _error(500, f"fixture {fixture.name!r} has no stream.sse", headers)
-            return await self._write_stream(request, fixture.events(), fault, headers)
+            return await self.write_sse(request, fixture.events(), fault, headers)
         if fixture.response is None:
             return _error(500, f"fixture {fixture.name!r} has no response.json", headers)
-        return await self._write_json(request, fixture.response, fault, headers)
-
-    async def _write_json(
-        self, request: web.Request, data: bytes, fault: Fault, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        """The whole body; or the headers, then the body after ``first_token_delay`` or cut after ``drop_after``."""
-        if not fault.first_token_delay and fault.drop_after is None:
-            return web.Response(body=data, content_type="application/json", headers=headers)
-        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        if fault.first_token_delay:
-            await asyncio.sleep(fault.first_token_delay)
-        if fault.drop_after is not None:
-            await response.write(data[: fault.drop_after])
-            await asyncio.sleep(0.01)  # let the partial body leave before the connection is cut
-            _abort(request, rst=False)
-            return response
-        await response.write(data)
-        return response
-
-    async def _write_stream(
-        self, request: web.Request, frames: list[bytes], fault: Fault, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        """Write SSE ``frames`` paced by the chunk delay; ``drop_after`` cuts the connection after that many."""
-        delay = self.chunk_delay if fault.chunk_delay is None else fault.chunk_delay
-        response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        self.open_streams += 1
-        try:
-            if fault.first_token_delay:
-                await asyncio.sleep(fault.first_token_delay)
-            for index, frame in enumerate(frames):
-                if fault.drop_after is not None and index >= fault.drop_after:
-                    self.dropped_streams += 1
-                    _abort(request, rst=False)
-                    return response
-                if index and delay:
-                    await asyncio.sleep(delay)
-                await response.write(frame)
-            await response.write_eof()
-            self.completed_streams += 1
-            return response
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            raise
-        except ConnectionError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            return response
-        finally:
-            self.open_streams -= 1
+        return await self.write_json(request, fixture.response, fault, headers)
 
 
 # -- validation ---------------------------------------------------------------------------------------
@@ -636,11 +530,6 @@ def _word_count(body: dict[str, Any]) -> int:
     return sum(len(text.split()) for content in contents for text in _texts(content))
 
 
-def _split_words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]]
-
-
 @dataclass
 class _Reply:
     """A deterministic answer to one generateContent request, renderable whole or as stream chunks."""
@@ -693,7 +582,7 @@ class _Reply:
             text = f"Echo: {user_text}" if user_text.strip() else FALLBACK_REPLY
         if config.get("responseMimeType") == "application/json":
             text = msgspec.json.encode({"reply": text}).decode()
-        words = [] if calls else _split_words(text)
+        words = [] if calls else split_words(text)
         finish = "STOP"
         limit = config.get("maxOutputTokens")
         if isinstance(limit, int) and 0 < limit < len(words):
@@ -820,7 +709,7 @@ def _embedding(item: dict[str, Any], where: str) -> list[float]:
     if not texts:
         raise _Invalid(f"* EmbedContentRequest.{where}content.parts: text is required")
     dimensions = item.get("outputDimensionality") or EMBEDDING_DIMENSIONS
-    return _vector(" ".join(texts), int(dimensions))
+    return embedding_vector(" ".join(texts), int(dimensions))
 
 
 def _model_entry(name: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """A fake OpenAI-format upstream: a real HTTP server on loopback, for tests.
 
-It runs an aiohttp server on ``127.0.0.1`` (a random free port) in a background thread with its own
-event loop, so synchronous tests, async tests and other threads can all talk to it over real TCP::
+A :class:`~sira_kernel.testing.loopback.LoopbackUpstream` (an aiohttp server on ``127.0.0.1`` in a
+background thread, recorded requests, queued faults, stream counters) speaking OpenAI's format::
 
     from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
 
@@ -19,20 +19,10 @@ Public API
     otherwise; ``models`` is what ``GET /v1/models`` lists; ``reasoning`` adds reasoning text
     (``reasoning_content``) to every reply, as DeepSeek-style servers do.
 
-    ``start()`` / ``stop()``, or use it as a context manager. Attributes and methods:
-
-    - ``base_url``: ``"http://127.0.0.1:PORT/v1"``; ``root_url``: ``"http://127.0.0.1:PORT"``
-      (the Azure-style ``base_url``); ``port``.
-    - ``requests``: list of :class:`RecordedRequest` (``method``, ``path``, ``query``, ``headers``
-      with lower-cased names, ``json`` the parsed body or None, ``body`` the raw bytes).
-    - ``open_streams``: streaming responses being written now; ``aborted_streams``: streams whose
-      client went away before the end; ``dropped_streams``: streams the server cut on purpose
-      (``Fault.drop_after``); ``completed_streams``; ``connections_open``: TCP connections open now.
-    - ``enqueue(*faults)``: queue :class:`Fault` objects, one per coming request, FIFO; a request
-      with no queued fault behaves normally. ``pending_faults`` says how many are left.
-    - ``wait_until(predicate, timeout=5.0)`` / ``await wait_until_async(predicate, timeout=5.0)``:
-      poll until ``predicate()`` is true (the server updates its counters in its own thread).
-    - ``reset()``: forget recorded requests, queued faults and counters.
+    The loopback test API (``start()``/``stop()`` or ``with``, ``requests``, ``enqueue``, the stream
+    counters, ``wait_until``, ``reset()``…; see :mod:`sira_kernel.testing.loopback`), with
+    ``base_url`` ``"http://127.0.0.1:PORT/v1"`` and ``root_url`` ``"http://127.0.0.1:PORT"`` (the
+    Azure-style ``base_url``). :class:`Fault` and :class:`RecordedRequest` are the loopback ones.
 
 Endpoints
 ---------
@@ -53,29 +43,33 @@ them. The request's ``model`` is echoed back (the deployment name for Azure when
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import collections
-import contextlib
-import hashlib
-import socket
 import struct
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from types import TracebackType
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from .loopback import (
+    FALLBACK_REPLY,
+    THINKING_TEXT,
+    TOOL_ARGUMENTS,
+    Fault,
+    LoopbackUpstream,
+    RecordedRequest,
+    body_fault,
+    embedding_vector,
+    fragments,
+    split_words,
+    sse_event,
+)
+
 __all__ = ["DEFAULT_MODELS", "Fault", "FakeOpenAIUpstream", "RecordedRequest"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 CREATED = 1_700_000_000
-FALLBACK_REPLY = "Hello from the fake upstream."
-TOOL_ARGUMENTS = ('{"location": "Paris"}', '{"location": "Tokyo"}')
 EMBEDDING_DIMENSIONS = 8
 
 _STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
@@ -89,54 +83,7 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
 }
 
 
-@dataclass
-class Fault:
-    """What the server does to one request instead of (or on top of) answering normally.
-
-    Applied in this order: ``reset``, ``delay``, ``hang``, then ``status``/``body``, then the normal
-    answer shaped by ``first_token_delay``, ``chunk_delay`` and ``drop_after``.
-    """
-
-    status: int | None = None
-    """Answer this HTTP status (400 or more) with an OpenAI-shaped error body; with ``body``, any status."""
-    retry_after: float | None = None
-    """Send a ``Retry-After`` header with this many seconds."""
-    hang: bool = False
-    """Accept the request, then never answer until the client goes away or the server stops."""
-    delay: float = 0.0
-    """Seconds to wait before sending the response headers."""
-    first_token_delay: float = 0.0
-    """Send the headers, then wait this long before the first chunk (non-stream: before the body)."""
-    drop_after: int | None = None
-    """Stream: after this many ``data:`` chunks, abort the TCP connection (no ``[DONE]``).
-    Non-stream: send the headers and the first ``drop_after`` bytes of the body, then abort."""
-    reset: bool = False
-    """Abort the connection (TCP RST) as soon as the request arrives; no response at all."""
-    body: bytes | None = None
-    """Send these raw bytes as the body (with ``status``, default 200), e.g. invalid JSON."""
-    chunk_delay: float | None = None
-    """Seconds between streamed chunks for this request (overrides the server's ``chunk_delay``)."""
-    message: str | None = None
-    """The error message for ``status`` (a generic one by default)."""
-    content_type: str | None = None
-    """Content-Type for ``body`` (default: text/event-stream for stream requests, else JSON)."""
-    headers: dict[str, str] = field(default_factory=dict)
-    """Extra response headers."""
-
-
-@dataclass
-class RecordedRequest:
-    """One request as the server received it."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    json: Any
-    body: bytes
-
-
-class FakeOpenAIUpstream:
+class FakeOpenAIUpstream(LoopbackUpstream):
     """A real OpenAI-compatible HTTP server on loopback, run in a background thread. See the module doc."""
 
     def __init__(
@@ -147,215 +94,22 @@ class FakeOpenAIUpstream:
         models: Sequence[str] = DEFAULT_MODELS,
         reasoning: bool = False,
     ) -> None:
-        self.chunk_delay = chunk_delay
-        self.api_key = api_key
-        self.models = list(models)
+        super().__init__(chunk_delay=chunk_delay, api_key=api_key, models=models)
         self.reasoning = reasoning
-        self.requests: list[RecordedRequest] = []
-        self.open_streams = 0
-        self.aborted_streams = 0
-        self.dropped_streams = 0
-        self.completed_streams = 0
-        self.port = 0
-        self._faults: collections.deque[Fault] = collections.deque()
-        self._ids = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._sock: socket.socket | None = None
-        self._stopping = False
-
-    # -- lifecycle ----------------------------------------------------------------------------------
-
-    @property
-    def root_url(self) -> str:
-        """``http://127.0.0.1:PORT``: the base URL for Azure-style clients."""
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT/v1``: the base URL for OpenAI clients."""
         return f"{self.root_url}/v1"
 
-    def start(self) -> FakeOpenAIUpstream:
-        """Start the server thread and wait until it accepts connections."""
-        if self._thread is not None:
-            raise RuntimeError("FakeOpenAIUpstream is already running")
-        self._stopping = False
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self._serve_start())
-            except BaseException as exc:  # reported to start() below
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self._serve_stop())
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name=f"fake-openai-{id(self):x}", daemon=True)
-        self._thread.start()
-        ready.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
-        return self
-
-    def stop(self) -> None:
-        """Stop the server: abort open connections (ending hanging requests) and join the thread."""
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
-            return
-        self._stopping = True
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join()
-        self._thread = None
-        self._loop = None
-
-    def __enter__(self) -> FakeOpenAIUpstream:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    async def _serve_start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, shutdown_timeout=2.0)
-        await runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-            site = web.SockSite(runner, sock)
-            await site.start()
-        except BaseException:
-            sock.close()
-            await runner.cleanup()
-            raise
-        self._sock = sock
-        self._runner = runner
-
-    async def _serve_stop(self) -> None:
-        runner = self._runner
-        if runner is None:
-            return
-        self._runner = None
-        server = runner.server
-        if server is not None:
-            for handler in server.connections:
-                if handler.transport is not None:
-                    handler.transport.abort()
-        await asyncio.sleep(0)
-        await runner.cleanup()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # -- test helpers -------------------------------------------------------------------------------
-
-    def enqueue(self, *faults: Fault) -> None:
-        """Queue faults for the coming requests, one per request, in order."""
-        self._faults.extend(faults)
-
-    @property
-    def pending_faults(self) -> int:
-        """How many queued faults no request has taken yet."""
-        return len(self._faults)
-
-    @property
-    def connections_open(self) -> int:
-        """TCP connections open on the server now."""
-        runner = self._runner
-        server = runner.server if runner is not None else None
-        return len(server.connections) if server is not None else 0
-
-    def reset(self) -> None:
-        """Forget recorded requests, queued faults and counters."""
-        self.requests.clear()
-        self._faults.clear()
-        self.aborted_streams = self.dropped_streams = self.completed_streams = 0
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Poll ``predicate`` (blocking this thread) until it is true or ``timeout`` passes."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
-
-    async def wait_until_async(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-        """Like :meth:`wait_until` without blocking the caller's event loop."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
-        return True
-
     # -- request handling ---------------------------------------------------------------------------
 
-    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
-            body = None
-            parse_failed = True
-        else:
-            parse_failed = False
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                headers={k.lower(): v for k, v in request.headers.items()},
-                json=body,
-                body=raw,
-            )
-        )
-        fault = self._faults.popleft() if self._faults else Fault()
-
-        if fault.reset:
-            _abort(request, rst=True)
-            # aiohttp fails to write this to the aborted transport and treats it as a client disconnect.
-            return web.Response(status=500)
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.hang:
-            while not self._stopping:
-                await asyncio.sleep(0.02)
-            _abort(request, rst=False)
-            return web.Response(status=500)
-
+    async def handle(self, request: web.Request, body: Any, fault: Fault) -> web.StreamResponse:
+        """Answer in OpenAI's format (see the module doc)."""
         is_stream = isinstance(body, dict) and bool(body.get("stream"))
-        headers = dict(fault.headers)
-        if fault.retry_after is not None:
-            headers["Retry-After"] = _format_seconds(fault.retry_after)
+        headers = self.fault_headers(fault)
         if fault.body is not None:
-            content_type = fault.content_type or ("text/event-stream" if is_stream else "application/json")
-            headers["Content-Type"] = content_type
-            return web.Response(status=fault.status or 200, body=fault.body, headers=headers)
+            return body_fault(fault, headers, stream=is_stream)
         if fault.status is not None and fault.status >= 400:
             return _error(fault.status, fault.message, headers)
 
@@ -369,7 +123,7 @@ class FakeOpenAIUpstream:
             return _error(401, "Incorrect API key provided.", headers)
         if kind == "models":
             return web.json_response(self._models_body(), headers=headers)
-        if parse_failed or not isinstance(body, dict):
+        if not isinstance(body, dict):
             return _error(400, "We could not parse the JSON body of your request.", headers)
         model = body.get("model") or deployment
         if not isinstance(model, str) or not model:
@@ -381,12 +135,9 @@ class FakeOpenAIUpstream:
         self._ids += 1
         completion = _Completion.build(body, model, f"chatcmpl-fake-{self._ids}", self.reasoning)
         if is_stream:
-            return await self._stream(request, completion, fault, headers)
-        if fault.first_token_delay or fault.drop_after is not None:
-            return await self._partial_body(request, completion.response(), fault, headers)
-        return web.Response(
-            body=msgspec.json.encode(completion.response()), content_type="application/json", headers=headers
-        )
+            chunks = (sse_event(chunk) for chunk in completion.chunks())
+            return await self.write_sse(request, chunks, fault, headers, tail=b"data: [DONE]\n\n")
+        return await self.write_json(request, msgspec.json.encode(completion.response()), fault, headers)
 
     def _route(self, request: web.Request) -> tuple[str, str | None] | None:
         path = request.path.rstrip("/")
@@ -418,65 +169,8 @@ class FakeOpenAIUpstream:
     def _models_body(self) -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [
-                {"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in self.models
-            ],
+            "data": [{"id": m, "object": "model", "created": CREATED, "owned_by": "fake"} for m in self.models],
         }
-
-    async def _partial_body(
-        self, request: web.Request, payload: dict[str, Any], fault: Fault, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        """Headers first; the body after ``first_token_delay``, or cut after ``drop_after`` bytes."""
-        data = msgspec.json.encode(payload)
-        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
-        response.content_length = len(data)
-        await response.prepare(request)
-        if fault.first_token_delay:
-            await asyncio.sleep(fault.first_token_delay)
-        if fault.drop_after is not None:
-            await response.write(data[: fault.drop_after])
-            await asyncio.sleep(0.01)  # let the partial body leave before the connection is cut
-            _abort(request, rst=False)
-            return response
-        await response.write(data)
-        return response
-
-    async def _stream(
-        self, request: web.Request, completion: _Completion, fault: Fault, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        delay = self.chunk_delay if fault.chunk_delay is None else fault.chunk_delay
-        response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await response.prepare(request)
-        self.open_streams += 1
-        sent = 0
-        try:
-            if fault.first_token_delay:
-                await asyncio.sleep(fault.first_token_delay)
-            for index, chunk in enumerate(completion.chunks()):
-                if fault.drop_after is not None and sent >= fault.drop_after:
-                    self.dropped_streams += 1
-                    _abort(request, rst=False)
-                    return response
-                if index and delay:
-                    await asyncio.sleep(delay)
-                await response.write(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
-                sent += 1
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-            self.completed_streams += 1
-            return response
-        except asyncio.CancelledError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            raise
-        except ConnectionError:
-            if not self._stopping:
-                self.aborted_streams += 1
-            return response
-        finally:
-            self.open_streams -= 1
 
 
 # -- reply construction -----------------------------------------------------------------------------
@@ -494,15 +188,6 @@ def _text_of(content: Any) -> str:
 
 def _word_count(messages: list[Any]) -> int:
     return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
-
-
-def _split_words(text: str) -> list[str]:
-    words = text.split(" ")
-    return [words[0]] + [" " + w for w in words[1:]] if words else []
-
-
-def _fragments(arguments: str, size: int = 6) -> list[str]:
-    return [arguments[i : i + size] for i in range(0, len(arguments), size)]
 
 
 @dataclass
@@ -542,11 +227,9 @@ class _Completion:
             for k in range(count):
                 name = (tools[k].get("function") or {}).get("name", f"tool_{k}")
                 tool_calls.append(_ToolCall(f"call_fake_{k}", name, TOOL_ARGUMENTS[k]))
-        user_text = next(
-            (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
+        user_text = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
         text = f"Echo: {user_text}" if user_text.strip() else FALLBACK_REPLY
-        words = [] if tool_calls else _split_words(text)
+        words = [] if tool_calls else split_words(text)
         finish = "tool_calls" if tool_calls else "stop"
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         if isinstance(limit, int) and 0 < limit < len(words):
@@ -557,7 +240,7 @@ class _Completion:
             model=model,
             n=n if isinstance(n, int) and n > 0 else 1,
             words=words,
-            reasoning_words=_split_words("Let me think about that.") if reasoning else [],
+            reasoning_words=split_words(THINKING_TEXT) if reasoning else [],
             finish_reason=finish,
             tool_calls=tool_calls,
             prompt_tokens=_word_count(messages),
@@ -567,9 +250,7 @@ class _Completion:
     @property
     def completion_tokens(self) -> int:
         per_choice = (
-            len(self.words)
-            + len(self.reasoning_words)
-            + sum(len(_fragments(c.arguments)) for c in self.tool_calls)
+            len(self.words) + len(self.reasoning_words) + sum(len(fragments(c.arguments)) for c in self.tool_calls)
         )
         return per_choice * self.n
 
@@ -639,7 +320,7 @@ class _Completion:
                     }
                 ]
             }
-            for fragment in _fragments(call.arguments):
+            for fragment in fragments(call.arguments):
                 yield {"tool_calls": [{"index": k, "function": {"arguments": fragment}}]}
 
     def chunks(self) -> Iterator[dict[str, Any]]:
@@ -648,9 +329,7 @@ class _Completion:
             for i in range(self.n):
                 yield self._chunk([{"index": i, "delta": delta, "logprobs": None, "finish_reason": None}])
         for i in range(self.n):
-            yield self._chunk(
-                [{"index": i, "delta": {}, "logprobs": None, "finish_reason": self.finish_reason}]
-            )
+            yield self._chunk([{"index": i, "delta": {}, "logprobs": None, "finish_reason": self.finish_reason}])
         if self.include_usage:
             final = self._chunk([])
             final["usage"] = self.usage()
@@ -672,10 +351,8 @@ def _embeddings_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     for index, item in enumerate(inputs):
         text = item if isinstance(item, str) else " ".join(str(x) for x in item)
         tokens += len(text.split()) if isinstance(item, str) else len(item)
-        vector = _vector(text, dimensions)
-        embedding: Any = (
-            base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
-        )
+        vector = embedding_vector(text, dimensions)
+        embedding: Any = base64.b64encode(struct.pack(f"<{dimensions}f", *vector)).decode() if as_base64 else vector
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     return {
         "object": "list",
@@ -685,36 +362,8 @@ def _embeddings_body(body: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def _vector(text: str, dimensions: int) -> list[float]:
-    digest = b""
-    counter = 0
-    while len(digest) < dimensions:
-        digest += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
-    return [round(b / 127.5 - 1.0, 6) for b in digest[:dimensions]]
-
-
-def _abort(request: web.Request, *, rst: bool) -> None:
-    """Close the request's connection at once; with ``rst`` the peer sees a TCP reset."""
-    transport = request.transport
-    if transport is None:
-        return
-    if rst:
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-def _format_seconds(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-
-
 def _error(status: int, message: str | None, headers: dict[str, str]) -> web.Response:
-    error_type, code = _STATUS_ERRORS.get(
-        status, ("server_error" if status >= 500 else "invalid_request_error", None)
-    )
+    error_type, code = _STATUS_ERRORS.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
     body = {
         "error": {
             "message": message or f"The fake upstream answered {status}.",
@@ -723,6 +372,4 @@ def _error(status: int, message: str | None, headers: dict[str, str]) -> web.Res
             "code": code,
         }
     }
-    return web.Response(
-        status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers
-    )
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json", headers=headers)
