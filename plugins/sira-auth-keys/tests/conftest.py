@@ -18,7 +18,8 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     db = tmp_path_factory.mktemp("auth-keys") / "sira.db"
-    with ServerThread(gateway_factory(db, price=0.001, auth={"estimate_completion_tokens": 8})) as running:
+    auth = {"estimate_completion_tokens": 8, "spend_refresh_interval": 0.2}
+    with ServerThread(gateway_factory(db, price=0.001, auth=auth)) as running:
         yield running
 
 

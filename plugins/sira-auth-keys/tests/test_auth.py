@@ -13,7 +13,8 @@ import pytest
 from sira_auth_keys import AuthKeysPlugin, KeyHasher
 from sira_auth_keys.testing import MASTER, SECRET, Admin, chat
 
-from sira_kernel import RequestInfo
+from sira_kernel import RequestInfo, UsageRecord
+from sira_kernel.storage import UsageStore
 from sira_kernel.testing import FakeProviderPlugin, ServerThread, make_kernel
 
 
@@ -235,8 +236,8 @@ def test_nothing_is_left_held(server: ServerThread) -> None:
 
 
 def test_key_budget(server: ServerThread, admin: Admin, tenant: str) -> None:
-    # 0.001 USD a token; "hi" + the fake reply is 6 tokens: 0.006 a request, reserved as about
-    # 0.026 (the ~70-byte body as 18 prompt tokens + 8 completion tokens): 5 requests fit in 0.05
+    # 0.001 USD a token; "hi" + the fake reply is 6 tokens: 0.006 a request, reserved as
+    # 0.024 (the 62-byte body as 16 prompt tokens + 8 completion tokens): 5 requests fit in 0.05
     key, record = admin.key(tenant, name="budget", limits={"budget_usd": 0.05, "budget_period": "daily"})
     statuses = [chat(server, key).status_code for _ in range(7)]
     assert statuses == [200] * 5 + [429] * 2, statuses
@@ -248,6 +249,33 @@ def test_key_budget(server: ServerThread, admin: Admin, tenant: str) -> None:
     view = admin.ok("GET", f"/budgets/key/{record['id']}")
     assert view["spent_usd"] == pytest.approx(0.03) and view["reserved_usd"] == 0
     assert view["resets_at"] > time.time() and view["period"] == "daily"
+
+
+def test_a_team_budget_is_shared_by_its_keys(server: ServerThread, admin: Admin, tenant: str) -> None:
+    team = admin.team(tenant, "budgeted", budget_usd=0.025, budget_period="weekly")
+    first, _ = admin.key(tenant, name="first", team_id=team)
+    second, _ = admin.key(tenant, name="second", team_id=team)
+    assert chat(server, first).status_code == 200  # spent 0.006; each reservation is 0.024
+    refused = chat(server, second)
+    assert refused.status_code == 429 and f"team '{team}'" in refused.json()["error"]["message"]
+    assert admin.ok("GET", f"/budgets/team/{team}")["spent_usd"] == pytest.approx(0.006)
+
+
+def test_spend_recorded_by_other_workers_counts(server: ServerThread, admin: Admin, tenant: str) -> None:
+    key, record = admin.key(tenant, name="shared-spend", limits={"budget_usd": 1.0})
+    assert chat(server, key).status_code == 200
+    elsewhere = UsageRecord(request_id="req-elsewhere-1", timestamp=time.time(), operation="chat",
+                            principal=record["id"], principal_kind="key", tenant=tenant, model="fake-1",
+                            total_tokens=1000, cost_usd=0.99)
+
+    async def write() -> None:
+        await server.kernel.services.get(UsageStore).write_usage([elsewhere])
+
+    server.call(write)  # as the ledger of another worker would
+    deadline = time.monotonic() + 3
+    while chat(server, key).status_code != 429:  # the next spend refresh (0.2 s here) brings it in
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_a_disabled_tenant_stops_its_keys(server: ServerThread, admin: Admin) -> None:
