@@ -345,6 +345,8 @@ class PluginRegistry:
                 raise ConfigError(f"plugins.{plugin_id}: this plugin takes no configuration")
         except ConfigError as exc:
             handle.fail(f"invalid config: {exc.message}")
+        except Exception as exc:  # a Config struct msgspec cannot use (bad annotation): the plugin's bug
+            handle.fail(f"config schema {getattr(schema, '__name__', schema)!r} is unusable: {_describe(exc)}")
         return handle
 
     @staticmethod

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -850,3 +850,23 @@ async def test_a_plugin_handed_to_make_kernel_shadows_an_installed_one() -> None
     async with make_kernel({"provider-mock": FakeProviderPlugin}) as kernel:
         [info] = [i for i in kernel.plugins.infos() if i.id == "provider-mock"]
         assert info.state == "active" and info.distribution == "test-provider-mock"
+
+
+class BrokenSchema:
+    """A plugin whose Config struct msgspec cannot decode into (an unsupported annotation)."""
+
+    sira_api = 1
+
+    class Config(msgspec.Struct):
+        handler: Callable[[], None] | None = None  # not a type msgspec can convert to
+
+    def __init__(self, config: Any) -> None:  # pragma: no cover - never constructed
+        raise AssertionError
+
+
+async def test_an_unusable_config_schema_fails_only_that_plugin() -> None:
+    config = {"plugins": {"broken": {"handler": "x"}}}
+    async with make_kernel({"broken": BrokenSchema, "fake": FakeProviderPlugin}, config) as kernel:
+        states = {i.id: (i.state, i.reason or "") for i in kernel.plugins.infos()}
+        assert states["broken"][0] == "failed" and "unusable" in states["broken"][1]
+        assert states["fake"][0] == "active"
