@@ -9,7 +9,8 @@ error bodies look like and which kernel error each status maps to.
   ``max_response_bytes``; a finished stream is drained so its connection returns to the pool; every
   exit path closes the response; failures become the kernel's ``ProviderError`` tree.
 * :class:`UpstreamProvider`: a base class giving an adapter that owns an :class:`Upstream` its
-  ``open``/``aclose`` and ``async with``; :func:`provider_lifespan` runs it in ``sira_lifespan``.
+  ``open``/``aclose`` and ``async with``; :func:`provider_lifespan` runs it in ``sira_lifespan``;
+  :class:`UpstreamProviderPlugin` is a plugin serving one such provider.
 * :class:`StreamCodec` / :class:`StreamParser`: what an adapter implements so that
   :meth:`Upstream.stream` can run a streamed chat for it.
 * :func:`sanitize`, :func:`parse_retry_after`, :func:`transport_error`: the pieces adapters use in
@@ -45,12 +46,14 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
+from .hookspecs import hookimpl
 from .logs import REDACTED, redact
-from .providers import CallContext
+from .providers import CallContext, Provider
 from .types import ChatRequest, StreamError, StreamEvent
 
 if TYPE_CHECKING:
     from .context import PluginContext
+    from .registrations import ProviderRegistrar
 
 __all__ = [
     "MAX_MESSAGE",
@@ -61,6 +64,7 @@ __all__ = [
     "Upstream",
     "UpstreamConfig",
     "UpstreamProvider",
+    "UpstreamProviderPlugin",
     "parse_retry_after",
     "provider_lifespan",
     "request_headers",
@@ -618,3 +622,33 @@ async def provider_lifespan(
         yield
     finally:
         await provider.aclose()  # after the kernel drained every call using it
+
+
+class UpstreamProviderPlugin:
+    """Base class of a provider plugin that serves one :class:`UpstreamProvider`: one activation is
+    one upstream (run several instances to reach several), each registering its provider under the
+    instance id.
+
+    A subclass sets ``Config`` (its config struct) and, in ``__init__``, ``self.config`` and
+    ``self.provider``. The hooks: ``sira_lifespan`` opens the provider's client (discovering models
+    first when the provider has ``discover`` and the config's ``discover_models`` is on) and closes it
+    on exit; ``sira_register_providers`` registers the provider.
+    """
+
+    sira_api = 1
+    requires: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    config: Any
+    provider: UpstreamProvider
+
+    @hookimpl
+    def sira_lifespan(self, context: PluginContext) -> contextlib.AbstractAsyncContextManager[None]:
+        """Open the upstream client (and discover models if configured); close it on exit."""
+        discover = getattr(self.provider, "discover", None) if getattr(self.config, "discover_models", False) else None
+        return provider_lifespan(self.provider, context, discover=discover)
+
+    @hookimpl
+    def sira_register_providers(self, register: ProviderRegistrar) -> None:
+        """Register the provider under this instance's id."""
+        self.provider.name = register.owner
+        register(cast("Provider", self.provider))  # an adapter subclassing UpstreamProvider is one

@@ -54,13 +54,7 @@ class AnthropicProvider(UpstreamProvider):
         self.name = name
         self.config = config
         self.capabilities = Capabilities(
-            chat=True,
-            stream=True,
-            tools=True,
-            vision=True,
-            embeddings=False,
-            json_mode=False,
-            passthrough_fields=bool(config.passthrough_fields),
+            vision=True, json_mode=False, passthrough_fields=bool(config.passthrough_fields)
         )
         self._url = httpx.URL(f"{config.base_url.rstrip('/')}/v1/messages")
         key = config.api_key.reveal() if config.api_key else None

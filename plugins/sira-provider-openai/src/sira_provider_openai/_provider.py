@@ -58,13 +58,7 @@ class OpenAIProvider(UpstreamProvider):
         self.name = name
         self.config = config
         self.capabilities = Capabilities(
-            chat=True,
-            stream=True,
-            tools=True,
-            vision=True,
-            embeddings=True,
-            json_mode=True,
-            passthrough_fields=config.passthrough_fields,
+            vision=True, embeddings=True, passthrough_fields=config.passthrough_fields
         )
         self._base = config.base_url.rstrip("/")
         key = config.api_key.reveal() if config.api_key else None
