@@ -112,6 +112,8 @@ class LimitsConfig(_Section):
     max_response_bytes: PositiveInt = 32 * 1024 * 1024
     max_concurrent_requests: PositiveInt = 4096
     queue_timeout: Seconds = 10.0
+    auth_timeout: Seconds = 5.0
+    """How long one plugin's ``sira_authenticate`` or ``sira_authorize`` answer may take (401 / 403 after)."""
 
 
 class LoggingConfig(_Section):

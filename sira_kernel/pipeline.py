@@ -128,33 +128,44 @@ class ChatStream:
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
 
+    def guard(self) -> anyio.CancelScope:
+        """A cancel scope to iterate the stream in: ``with stream.guard() as guard: async for …``.
+
+        It is cancelled when the request's deadline passes or the provider's plugin is unloaded
+        and its drain timeout runs out. Then ``guard.cancelled_caught`` is true and the consumer
+        ends the response with :meth:`interrupted`'s error event.
+        """
+        scope = anyio.CancelScope(deadline=self._call.deadline)
+        self._lease.attach(scope)
+        return scope
+
+    def interrupted(self) -> StreamError:
+        """The error event for a stream whose :meth:`guard` was cancelled (also recorded as the outcome)."""
+        self._lease.attach(None)
+        why = _interrupted(self.deployment, self._lease, self._pipeline.kernel.config.limits.total_timeout)
+        event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
+        self._failed = event
+        return event
+
     async def _iterate(self) -> AsyncIterator[StreamEvent]:
         if self._first is not None:
             first, self._first = self._first, None
             yield first
-        lease = self._lease
         events = self._events
         call = self._call
         record = call.record
         while True:
-            with anyio.CancelScope(deadline=call.deadline) as scope:
-                lease.attach(scope)
-                try:
-                    event = await events.__anext__()
-                except StopAsyncIteration:
-                    lease.attach(None)
-                    return
-                except ProviderError as exc:
-                    event = StreamError(
-                        message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type
-                    )
-                except Exception as exc:
-                    _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
-                    event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
-            lease.attach(None)
-            if scope.cancelled_caught:
-                why = _interrupted(self.deployment, lease, self._pipeline.kernel.config.limits.total_timeout)
-                event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
+            # No cancel scope per event (they cost more than relaying the event): the consumer holds
+            # one for the whole stream with :meth:`guard`, which the lease and the deadline cancel.
+            try:
+                event = await events.__anext__()
+            except StopAsyncIteration:
+                return
+            except ProviderError as exc:
+                event = StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
+            except Exception as exc:
+                _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
+                event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
             if record.ttft_ms is None and not isinstance(event, StreamStart):
                 record.ttft_ms = (time.perf_counter() - call.started) * 1000
             if isinstance(event, TextDelta | ReasoningDelta):
@@ -239,14 +250,19 @@ class Pipeline:
     # -- decision hooks -----------------------------------------------------------------------------
 
     async def authenticate(self, snap: Snapshot, info: RequestInfo) -> Principal:
-        """First non-None principal in pluggy order; anything else (exception, no answer) is a 401."""
+        """First non-None principal in pluggy order; anything else (exception, no answer, an answer
+        that takes longer than ``limits.auth_timeout``) is a 401."""
         for function, plugin_id in snap.authenticate:
             try:
                 answer: Any = function(request=info)
                 if inspect.isawaitable(answer):
-                    answer = await answer
+                    with anyio.fail_after(self.kernel.config.limits.auth_timeout):
+                        answer = await answer
             except AuthenticationFailed:
                 raise
+            except TimeoutError:
+                _log.error("pipeline.authenticate_timeout", plugin=plugin_id)
+                raise AuthenticationFailed("authentication failed") from None
             except Exception:
                 _log.exception("pipeline.authenticate_failed", plugin=plugin_id)
                 raise AuthenticationFailed("authentication failed") from None
@@ -260,16 +276,21 @@ class Pipeline:
     async def authorize(
         self, snap: Snapshot, principal: Principal, info: RequestInfo, operation: str, model: str | None
     ) -> bool:
-        """Every plugin votes; any False (or exception) denies. Returns True when some plugin voted
-        True (an explicit allow: the admin guard's test for principals without the admin role)."""
+        """Every plugin votes; any False (or exception, or a vote that takes longer than
+        ``limits.auth_timeout``) denies. Returns True when some plugin voted True (an explicit
+        allow: the admin guard's test for principals without the admin role)."""
         allowed = False
         for function, plugin_id in snap.authorize:
             try:
                 vote: Any = function(principal=principal, request=info, operation=operation, model=model)
                 if inspect.isawaitable(vote):
-                    vote = await vote
+                    with anyio.fail_after(self.kernel.config.limits.auth_timeout):
+                        vote = await vote
             except AuthorizationDenied:
                 raise
+            except TimeoutError:
+                _log.error("pipeline.authorize_timeout", plugin=plugin_id)
+                raise AuthorizationDenied("authorization failed") from None
             except Exception:
                 _log.exception("pipeline.authorize_failed", plugin=plugin_id)
                 raise AuthorizationDenied("authorization failed") from None
