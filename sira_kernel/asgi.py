@@ -133,7 +133,10 @@ def build_apps(
             if handle is not None:
                 route.app = _leased(route.app, handle)
             built.append(route)
-        app: ASGIApp = Router(routes=built, default=_not_found)
+        # No trailing-slash redirects: Starlette builds their Location from the Host header, so
+        # "Host: evil.com" + "/v1/chat/completions/" answered 307 to http://evil.com/... (a path is
+        # served exactly as registered, or it is a 404).
+        app: ASGIApp = Router(routes=built, default=_not_found, redirect_slashes=False)
         if listener == "admin":
             app = AdminGuard(app, kernel)  # inside plugin middleware, before any admin route
         for mw in reversed(middleware):  # lowest order ends up outermost
