@@ -11,25 +11,19 @@ from sira_kernel.errors import ProviderRejected
 from sira_kernel.providers import CallContext
 from sira_kernel.routing import Deployment, RouteTable
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream, Fault
+from sira_kernel.testing.providers import TOOLS, call_context
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import ChatRequest, EmbeddingRequest, Message, ModelInfo, ToolCall, ToolFunction, Usage
 
 from sira_provider_anthropic import AnthropicProvider
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = [
-    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
-    for name in ("get_weather", "get_time")
-]
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
 def ctx(model: str = "claude-sonnet-4-5", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
+    return call_context(model, **limits)
 
 
 async def test_text_reply_usage_and_upstream_model(

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import AsyncIterator
-from typing import Any
-
-import anyio
 import pytest
-from sira_kernel.config import Secret
 from sira_kernel.errors import (
     ProviderError,
     ProviderRateLimited,
@@ -19,34 +12,35 @@ from sira_kernel.errors import (
 )
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream, Fault
+from sira_kernel.testing.providers import LONG_TEXT, UpstreamFailureSuite, call_context, collect
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import (
     ChatRequest,
     Message,
     StreamError,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCall,
     ToolFunction,
 )
 
-from sira_provider_anthropic import AnthropicConfig, AnthropicProvider
+from sira_provider_anthropic import AnthropicProvider
 
 pytestmark = pytest.mark.anyio
 
-LONG_TEXT = " ".join(f"word{i}" for i in range(40))
+
+def ctx(model: str = "claude-sonnet-4-5") -> CallContext:
+    return call_context(model)
 
 
-def ctx(model: str = "claude-sonnet-4-5", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
+class TestUpstreamFailures(UpstreamFailureSuite):
+    """Deadlines, broken connections, size limits, releasing the upstream: the shared suite."""
 
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
+    model = "claude-sonnet-4-5"
+    events_before_text = 3  # message_start, content_block_start, ping
+    stream_timeout = 0.55
+    first_text_within = 0.8
+    max_message = 700  # with Anthropic's request-id
 
 
 # -- Anthropic's error types ------------------------------------------------------------------------
@@ -138,26 +132,11 @@ async def test_retry_after_on_429_and_529(provider: AnthropicProvider, fake: Fak
     assert overloaded.value.retry_after == 1.5
 
 
-async def test_credentials_never_leak(open_provider: Any, fake: FakeAnthropicUpstream) -> None:
-    async with open_provider(headers={"X-Proxy-Token": "proxy-secret-123"}) as provider:
-        fake.enqueue(Fault(status=401, message=f"invalid x-api-key {fake.api_key}"))
-        with pytest.raises(ProviderRejected) as caught:
-            await provider.chat(ask(), ctx())
-        assert str(fake.api_key) not in caught.value.message and "credentials" in caught.value.message
-        fake.enqueue(Fault(status=400, message=f"bad proxy-secret-123 and {fake.api_key}" + "x" * 2000))
-        with pytest.raises(ProviderRejected) as caught:
-            await provider.chat(ask(), ctx())
-    message = caught.value.message
-    assert "proxy-secret-123" not in message and str(fake.api_key) not in message
-    assert len(message) < 700
-
-
-async def test_wrong_key_against_a_real_check(open_provider: Any) -> None:
-    async with open_provider(api_key=Secret("sk-ant-wrong-key-abcdefghij")) as provider:
-        with pytest.raises(ProviderRejected) as caught:
-            await provider.chat(ask(), ctx())
-    assert caught.value.status == 502
-    assert "sk-ant-wrong" not in caught.value.message
+async def test_auth_failures_quote_nothing(provider: AnthropicProvider, fake: FakeAnthropicUpstream) -> None:
+    fake.enqueue(Fault(status=401, message=f"invalid x-api-key {fake.api_key}"))
+    with pytest.raises(ProviderRejected) as caught:
+        await provider.chat(ask(), ctx())
+    assert str(fake.api_key) not in caught.value.message and "credentials" in caught.value.message
 
 
 async def test_upstream_validation_errors_are_the_clients(
@@ -225,118 +204,13 @@ async def test_error_event_before_message_start_raises(
     assert (caught.value.status, caught.value.code) == (503, "upstream_overloaded")
 
 
-async def test_dropped_connection_mid_stream(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(drop_after=5))
-    events = await collect(provider.stream(ask(LONG_TEXT, stream=True), ctx()))
-    assert isinstance(events[0], StreamStart)
-    assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta("Echo:"), TextDelta(" word0")]
-    error = events[-1]
-    assert isinstance(error, StreamError)
-    assert (error.status, error.code) == (502, "upstream_unavailable")
-    assert fake.dropped_streams == 1
-
-
-async def test_drop_before_the_first_event_raises(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(drop_after=0))
-    with pytest.raises(ProviderUnavailable):
-        await collect(provider.stream(ask(stream=True), ctx()))
-
-
 async def test_invalid_event_json(provider: AnthropicProvider, fake: FakeAnthropicUpstream) -> None:
     fake.enqueue(Fault(body=b"event: message_start\ndata: {oops\n\n"))
     with pytest.raises(ProviderUnavailable):
         await collect(provider.stream(ask(stream=True), ctx()))
 
 
-# -- deadlines --------------------------------------------------------------------------------------
-
-
-async def test_hang_hits_the_first_token_timeout(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(hang=True), Fault(hang=True))
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeout) as caught:
-        await provider.chat(ask(), ctx(first_token_timeout=0.2))
-    assert caught.value.status == 504
-    with pytest.raises(ProviderTimeout):
-        await collect(provider.stream(ask(stream=True), ctx(first_token_timeout=0.2)))
-    assert time.monotonic() - started < 2
-
-
-async def test_slow_body_hits_the_total_timeout(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(first_token_delay=2))  # headers now, body later
-    with pytest.raises(ProviderTimeout):
-        await provider.chat(ask(), ctx(total_timeout=0.3))
-
-
-async def test_slow_first_event_raises_before_the_stream_starts(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(first_token_delay=2))
-    stream = provider.stream(ask(stream=True), ctx(first_token_timeout=0.2))
-    with pytest.raises(ProviderTimeout):
-        await stream.__anext__()
-    assert await fake.wait_until_async(lambda: fake.open_streams == 0)
-
-
-async def test_total_timeout_mid_stream_is_a_stream_error(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.1))
-    events = await collect(provider.stream(ask(LONG_TEXT, stream=True), ctx(total_timeout=0.55)))
-    assert isinstance(events[0], StreamStart)
-    assert any(isinstance(e, TextDelta) for e in events)
-    error = events[-1]
-    assert isinstance(error, StreamError)
-    assert (error.status, error.code) == (504, "upstream_timeout")
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-
-
-async def test_config_timeouts_only_tighten(open_provider: Any, fake: FakeAnthropicUpstream) -> None:
-    async with open_provider(first_token_timeout=0.2) as provider:
-        fake.enqueue(Fault(hang=True))
-        with pytest.raises(ProviderTimeout) as caught:
-            await provider.chat(ask(), ctx(first_token_timeout=60))
-        assert "0.2s" in caught.value.message
-    async with open_provider(total_timeout=900) as provider:
-        fake.enqueue(Fault(hang=True))
-        with pytest.raises(ProviderTimeout) as caught:  # 900 s configured, but the kernel says 0.3
-            await provider.chat(ask(), ctx(first_token_timeout=60, total_timeout=0.3))
-        assert "0.3s" in caught.value.message
-
-
 # -- broken connections and bodies ------------------------------------------------------------------
-
-
-async def test_reset_is_unavailable(provider: AnthropicProvider, fake: FakeAnthropicUpstream) -> None:
-    fake.enqueue(Fault(reset=True), Fault(reset=True))
-    with pytest.raises(ProviderUnavailable) as caught:
-        await provider.chat(ask(), ctx())
-    assert type(caught.value) is ProviderUnavailable and caught.value.status == 502
-    with pytest.raises(ProviderUnavailable):
-        await collect(provider.stream(ask(stream=True), ctx()))
-    response = await provider.chat(ask("again"), ctx())  # the pool recovers with a fresh connection
-    assert response.choices[0].message.content == "Echo: again"
-
-
-async def test_connection_refused_is_unavailable_not_a_timeout() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, never listening: connections are refused
-        async with AnthropicProvider(
-            "down", AnthropicConfig(base_url=f"http://127.0.0.1:{port}")
-        ) as provider:
-            with pytest.raises(ProviderUnavailable) as caught:
-                await provider.chat(ask(), ctx())
-    assert type(caught.value) is ProviderUnavailable
-    assert caught.value.provider == "down"
 
 
 async def test_invalid_json_and_error_objects_with_200(
@@ -352,72 +226,9 @@ async def test_invalid_json_and_error_objects_with_200(
     assert caught.value.code == "upstream_overloaded"
 
 
-async def test_truncated_body_is_unavailable(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(drop_after=40))
-    with pytest.raises(ProviderUnavailable):
-        await provider.chat(ask(), ctx())
-
-
 async def test_stream_cut_before_message_delta(
     provider: AnthropicProvider, fake: FakeAnthropicUpstream
 ) -> None:
     fake.enqueue(Fault(body=b'event: message_start\ndata: {"type":"message_start","message":{"id":"m"}}\n\n'))
     events = await collect(provider.stream(ask(stream=True), ctx()))
     assert isinstance(events[-1], StreamError) and "before it finished" in events[-1].message
-
-
-async def test_response_too_large(provider: AnthropicProvider, fake: FakeAnthropicUpstream) -> None:
-    with pytest.raises(ProviderUnavailable) as caught:
-        await provider.chat(ask(LONG_TEXT), ctx(max_response_bytes=200))
-    assert "larger than 200 bytes" in caught.value.message
-
-    fake.enqueue(Fault(chunk_delay=0.01))  # so that the limit is crossed after the stream started
-    events = await collect(provider.stream(ask(LONG_TEXT, stream=True), ctx(max_response_bytes=2000)))
-    assert isinstance(events[0], StreamStart)
-    assert isinstance(events[-1], StreamError) and "larger than 2000 bytes" in events[-1].message
-
-
-async def test_not_started_is_unavailable() -> None:
-    with pytest.raises(ProviderUnavailable):
-        await AnthropicProvider("idle", AnthropicConfig()).chat(ask(), ctx())
-
-
-# -- releasing the upstream -------------------------------------------------------------------------
-
-
-async def test_early_aclose_releases_the_upstream_stream(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.05))
-    stream = provider.stream(ask(LONG_TEXT, stream=True), ctx())
-    seen = [await stream.__anext__() for _ in range(3)]
-    assert isinstance(seen[0], StreamStart)
-    assert fake.open_streams == 1
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-    assert fake.completed_streams == 0
-    assert (await provider.chat(ask("ok"), ctx())).choices[0].message.content == "Echo: ok"
-
-
-async def test_cancelled_consumer_releases_the_upstream_stream(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.05))
-    seen: list[StreamEvent] = []
-    with anyio.move_on_after(0.3):
-        async for event in provider.stream(ask(LONG_TEXT, stream=True), ctx()):
-            seen.append(event)
-    assert 2 < len(seen) < 40
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-
-
-async def test_hanging_request_cancelled_by_the_caller(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(hang=True))
-    with anyio.move_on_after(0.2) as scope:
-        await provider.chat(ask(), ctx())
-    assert scope.cancelled_caught
-    assert await fake.wait_until_async(lambda: fake.connections_open == 0)

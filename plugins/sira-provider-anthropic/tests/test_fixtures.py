@@ -14,6 +14,7 @@ import pytest
 from sira_kernel.errors import ProviderUnavailable
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream, Fault, fixture_names, load_fixture
+from sira_kernel.testing.providers import call_context
 from sira_kernel.types import (
     ChatRequest,
     Finish,
@@ -109,7 +110,7 @@ REQUESTS["overloaded_error_stream"] = REQUESTS["text_stream"]
 
 
 def ctx() -> CallContext:
-    return CallContext(upstream_model="claude-opus-4-6", request_id="req-test")
+    return call_context("claude-opus-4-6")
 
 
 async def collect(provider: AnthropicProvider, request: ChatRequest) -> list[StreamEvent]:

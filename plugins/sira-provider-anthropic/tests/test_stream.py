@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream, Fault
+from sira_kernel.testing.providers import TOOLS, call_context, collect, text_of, tool_calls
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import (
     ChatRequest,
     Finish,
     Message,
     ReasoningDelta,
     StreamError,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCallDelta,
@@ -28,41 +26,9 @@ from sira_provider_anthropic import AnthropicProvider
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = [
-    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
-    for name in ("get_weather", "get_time")
-]
 
-
-def ctx(model: str = "claude-sonnet-4-5", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    fields.setdefault("stream", True)
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
-def text_of(events: list[StreamEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
-
-
-def tool_calls(events: list[StreamEvent]) -> dict[int, dict[str, Any]]:
-    """Reassemble streamed tool calls per call index the way a client does."""
-    calls: dict[int, dict[str, Any]] = defaultdict(lambda: {"arguments": ""})
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            call = calls[event.call_index]
-            if event.id is not None:
-                call["id"] = event.id
-            if event.name is not None:
-                call["name"] = event.name
-            call["arguments"] += event.arguments
-    return dict(calls)
+def ctx(model: str = "claude-sonnet-4-5") -> CallContext:
+    return call_context(model)
 
 
 def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
@@ -112,31 +78,13 @@ async def test_text_stream_in_order(provider: AnthropicProvider, fake: FakeAnthr
     assert await fake.wait_until_async(lambda: fake.completed_streams == 1)
 
 
-async def test_events_arrive_before_the_upstream_finishes(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.15))
-    started = time.monotonic()
-    stream = provider.stream(ask("one two three four"), ctx())
-    seen: list[StreamEvent] = []
-    async for event in stream:
-        seen.append(event)
-        if isinstance(event, TextDelta):
-            break
-    first_text_after = time.monotonic() - started
-    assert fake.open_streams == 1 and fake.completed_streams == 0  # the upstream is still writing
-    assert first_text_after < 0.8  # 12 events * 0.15 s: the whole answer takes about two seconds
-    rest = await collect(stream)
-    assert text_of(seen + rest) == "Echo: one two three four"
-
-
 async def test_streamed_tool_call_arguments_reassemble_exactly(provider: AnthropicProvider) -> None:
     events = await collect(provider.stream(ask("weather?", tools=TOOLS[:1], tool_choice="required"), ctx()))
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert deltas[0] == ToolCallDelta(0, "", "toolu_fake_0", "get_weather")
     assert len(deltas) > 3  # the arguments really arrived in fragments, in order
     assert tool_calls(events) == {
-        0: {"id": "toolu_fake_0", "name": "get_weather", "arguments": '{"location": "Paris"}'}
+        (0, 0): {"id": "toolu_fake_0", "name": "get_weather", "arguments": '{"location": "Paris"}'}
     }
     assert events[-2:-1] == [Finish("tool_calls")]
     assert text_of(events) == ""
@@ -148,8 +96,8 @@ async def test_streamed_parallel_tool_calls_count_tool_blocks_only(provider: Ant
     events = await collect(provider.stream(ask("weather and time?", tools=TOOLS), ctx()))
     assert text_of(events) == "Let me check."
     calls = tool_calls(events)
-    assert [calls[k]["name"] for k in (0, 1)] == ["get_weather", "get_time"]
-    assert [json.loads(calls[k]["arguments"]) for k in (0, 1)] == [
+    assert [calls[(0, k)]["name"] for k in (0, 1)] == ["get_weather", "get_time"]
+    assert [json.loads(calls[(0, k)]["arguments"]) for k in (0, 1)] == [
         {"location": "Paris"},
         {"location": "Tokyo"},
     ]
@@ -265,7 +213,7 @@ async def test_tool_without_arguments_gets_an_empty_object(
         )
     )
     events = await collect(provider.stream(ask(), ctx()))
-    assert tool_calls(events) == {0: {"id": "toolu_n", "name": "now", "arguments": "{}"}}
+    assert tool_calls(events) == {(0, 0): {"id": "toolu_n", "name": "now", "arguments": "{}"}}
     assert not any(isinstance(e, Usage) for e in events)  # this stream reported no usage at all
 
 
@@ -328,16 +276,6 @@ async def test_stream_cut_after_message_delta_is_complete(
     assert isinstance(events[-1], Usage) and events[-1].total_tokens == 5
     assert Finish("stop") in events
     assert not any(isinstance(e, StreamError) for e in events)
-
-
-async def test_stream_keeps_the_connection_for_reuse(
-    provider: AnthropicProvider, fake: FakeAnthropicUpstream
-) -> None:
-    for _ in range(5):
-        events = await collect(provider.stream(ask(), ctx()))
-        assert not any(isinstance(e, StreamError) for e in events)
-    await provider.chat(ask(stream=False), ctx())
-    assert fake.connections_open == 1  # message_stop then the chunked terminator: back to the pool
 
 
 async def test_json_answer_to_a_stream_request(

@@ -12,13 +12,14 @@ from sira_kernel.errors import ProviderRejected
 from sira_kernel.providers import CallContext
 from sira_kernel.routing import Deployment, RouteTable
 from sira_kernel.testing.fake_gemini import THOUGHT_SIGNATURE, FakeGeminiUpstream, GeminiFault
+from sira_kernel.testing.providers import OpenProvider, call_context
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import ChatRequest, EmbeddingRequest, Message, ModelInfo, ToolCall, ToolFunction, Usage
 
 from sira_provider_gemini import GeminiProvider, _provider
 
 pytestmark = pytest.mark.anyio
 
-OpenProvider = Any  # the ``open_provider`` fixture: ``async with open_provider(**config) as provider``
 
 TOOLS = [
     {
@@ -38,11 +39,7 @@ TOOLS = [
 
 
 def ctx(model: str = "gemini-2.0-flash", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
+    return call_context(model, **limits)
 
 
 async def test_text_reply_usage_url_and_key(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:

@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import socket
-import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 import pytest
 from sira_kernel.config import Secret
 from sira_kernel.errors import ProviderRateLimited, ProviderRejected, ProviderTimeout, ProviderUnavailable
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_gemini import FakeGeminiUpstream, Fault, GeminiFault
-from sira_kernel.types import (
-    ChatRequest,
-    EmbeddingRequest,
-    Message,
-    StreamError,
-    StreamEvent,
-    StreamStart,
-    TextDelta,
-)
+from sira_kernel.testing.providers import UpstreamFailureSuite, call_context, collect
+from sira_kernel.testing.providers import chat_request as ask
+from sira_kernel.types import EmbeddingRequest, StreamError
 
-from sira_provider_gemini import GeminiConfig, GeminiProvider
+from sira_provider_gemini import GeminiProvider
 
 pytestmark = pytest.mark.anyio
 
-LONG_TEXT = " ".join(f"word{i}" for i in range(40))
+
+def ctx(model: str = "gemini-2.0-flash") -> CallContext:
+    return call_context(model)
 
 
-def ctx(model: str = "gemini-2.0-flash", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
+class TestUpstreamFailures(UpstreamFailureSuite):
+    """Deadlines, broken connections, size limits, releasing the upstream: the shared suite."""
 
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
+    model = "gemini-2.0-flash"
+    events_before_text = 0
 
 
 # -- Google's error statuses ------------------------------------------------------------------------
@@ -184,105 +171,7 @@ async def test_api_key_is_never_in_urls_or_messages(open_provider: Any, fake: Fa
     assert isinstance(error, StreamError) and key not in error.message
 
 
-# -- deadlines --------------------------------------------------------------------------------------
-
-
-async def test_hang_hits_the_first_token_timeout(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    fake.enqueue(Fault(hang=True), Fault(hang=True))
-    started = time.monotonic()
-    with pytest.raises(ProviderTimeout) as caught:
-        await provider.chat(ask(), ctx(first_token_timeout=0.2))
-    assert caught.value.status == 504
-    with pytest.raises(ProviderTimeout):
-        await collect(provider.stream(ask(), ctx(first_token_timeout=0.2)))
-    assert time.monotonic() - started < 2
-
-
-async def test_slow_body_hits_the_total_timeout(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    fake.enqueue(Fault(first_token_delay=2))  # headers now, body later
-    with pytest.raises(ProviderTimeout):
-        await provider.chat(ask(), ctx(total_timeout=0.3))
-
-
-async def test_slow_first_event_raises_before_the_stream_starts(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(first_token_delay=2))
-    stream = provider.stream(ask(), ctx(first_token_timeout=0.2))
-    with pytest.raises(ProviderTimeout):
-        await stream.__anext__()
-    assert await fake.wait_until_async(lambda: fake.open_streams == 0)
-
-
-async def test_total_timeout_mid_stream_is_a_stream_error(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.1))
-    events = await collect(provider.stream(ask(LONG_TEXT), ctx(total_timeout=0.45)))
-    assert isinstance(events[0], StreamStart)
-    assert any(isinstance(e, TextDelta) for e in events)
-    error = events[-1]
-    assert isinstance(error, StreamError)
-    assert (error.status, error.code) == (504, "upstream_timeout")
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-
-
-async def test_config_timeouts_only_tighten(open_provider: Any, fake: FakeGeminiUpstream) -> None:
-    async with open_provider(first_token_timeout=0.2, total_timeout=600) as provider:
-        fake.enqueue(Fault(hang=True))
-        with pytest.raises(ProviderTimeout) as caught:
-            await provider.chat(ask(), ctx(first_token_timeout=60))
-        assert "0.2s" in caught.value.message
-        fake.enqueue(Fault(hang=True))
-        with pytest.raises(ProviderTimeout) as caught:
-            await provider.chat(ask(), ctx(first_token_timeout=0.1))  # the kernel's tighter limit wins
-        assert "0.1s" in caught.value.message
-
-
 # -- broken connections and bodies ------------------------------------------------------------------
-
-
-async def test_reset_is_unavailable(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    fake.enqueue(Fault(reset=True), Fault(reset=True))
-    with pytest.raises(ProviderUnavailable) as caught:
-        await provider.chat(ask(), ctx())
-    assert caught.value.status == 502
-    with pytest.raises(ProviderUnavailable):
-        await collect(provider.stream(ask(), ctx()))
-    response = await provider.chat(ask("again"), ctx())  # the pool recovers
-    assert response.choices[0].message.content == "Echo: again"
-
-
-async def test_connection_refused_is_unavailable_not_a_timeout() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # bound, never listening: connections are refused
-        async with GeminiProvider("down", GeminiConfig(base_url=f"http://127.0.0.1:{port}")) as provider:
-            with pytest.raises(ProviderUnavailable) as caught:
-                await provider.chat(ask(), ctx())
-    assert type(caught.value) is ProviderUnavailable
-    assert caught.value.provider == "down"
-
-
-async def test_mid_stream_drop_is_a_stream_error(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    fake.enqueue(Fault(drop_after=3))
-    events = await collect(provider.stream(ask(LONG_TEXT), ctx()))
-    assert isinstance(events[0], StreamStart)
-    assert [e for e in events if isinstance(e, TextDelta)] == [
-        TextDelta("Echo:"),
-        TextDelta(" word0"),
-        TextDelta(" word1"),
-    ]
-    error = events[-1]
-    assert isinstance(error, StreamError)
-    assert (error.status, error.code) == (502, "upstream_unavailable")
-    assert fake.dropped_streams == 1
-
-
-async def test_drop_before_the_first_event_raises(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    fake.enqueue(Fault(drop_after=0))
-    with pytest.raises(ProviderUnavailable):
-        await collect(provider.stream(ask(), ctx()))
 
 
 async def test_truncated_and_invalid_bodies(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
@@ -299,60 +188,3 @@ async def test_error_object_with_status_200(provider: GeminiProvider, fake: Fake
     with pytest.raises(ProviderUnavailable) as caught:
         await provider.chat(ask(), ctx())
     assert "model is loading" in caught.value.message
-
-
-async def test_response_too_large(provider: GeminiProvider, fake: FakeGeminiUpstream) -> None:
-    with pytest.raises(ProviderUnavailable) as caught:
-        await provider.chat(ask(LONG_TEXT), ctx(max_response_bytes=200))
-    assert "larger than 200 bytes" in caught.value.message
-
-    fake.enqueue(Fault(chunk_delay=0.01))  # so that the limit is crossed after the stream started
-    events = await collect(provider.stream(ask(LONG_TEXT), ctx(max_response_bytes=2000)))
-    assert isinstance(events[0], StreamStart)
-    assert isinstance(events[-1], StreamError)
-    assert "larger than 2000 bytes" in events[-1].message
-
-
-async def test_not_started_is_unavailable() -> None:
-    provider = GeminiProvider("idle", GeminiConfig())
-    with pytest.raises(ProviderUnavailable):
-        await provider.chat(ask(), ctx())
-
-
-# -- releasing the upstream -------------------------------------------------------------------------
-
-
-async def test_early_aclose_releases_the_upstream_stream(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.05))
-    stream = provider.stream(ask(LONG_TEXT), ctx())
-    seen = [await stream.__anext__() for _ in range(3)]
-    assert isinstance(seen[0], StreamStart)
-    assert fake.open_streams == 1
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-    assert fake.completed_streams == 0
-    assert (await provider.chat(ask("ok"), ctx())).choices[0].message.content == "Echo: ok"
-
-
-async def test_cancelled_consumer_releases_the_upstream_stream(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.05))
-    seen: list[StreamEvent] = []
-    with anyio.move_on_after(0.3):
-        async for event in provider.stream(ask(LONG_TEXT), ctx()):
-            seen.append(event)
-    assert 2 < len(seen) < 40
-    assert await fake.wait_until_async(lambda: fake.aborted_streams == 1 and fake.open_streams == 0)
-
-
-async def test_hanging_request_cancelled_by_the_caller(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(hang=True))
-    with anyio.move_on_after(0.2) as scope:
-        await provider.chat(ask(), ctx())
-    assert scope.cancelled_caught
-    assert await fake.wait_until_async(lambda: fake.connections_open == 0)

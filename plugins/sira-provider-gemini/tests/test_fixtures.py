@@ -8,7 +8,6 @@ and streamed) into the kernel values the fixtures README promises.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -16,13 +15,13 @@ import pytest
 from sira_kernel.errors import ProviderRateLimited, ProviderRejected
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_gemini import FIXTURES, FakeGeminiUpstream, load_fixture
+from sira_kernel.testing.providers import call_context, collect
 from sira_kernel.types import (
     ChatRequest,
     EmbeddingRequest,
     Finish,
     Message,
     ReasoningDelta,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCallDelta,
@@ -114,11 +113,7 @@ REQUESTS: dict[str, tuple[ChatRequest, GeminiConfig]] = {
 
 
 def ctx(model: str = "gemini-2.0-flash") -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test")
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
+    return call_context(model)
 
 
 def test_every_fixture_is_loadable_and_documented() -> None:

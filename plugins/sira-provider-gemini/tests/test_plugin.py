@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-from types import SimpleNamespace
 from typing import Any
 
-import pluggy
 import pytest
-from sira_kernel import hookspecs
+import sira_kernel.sse
 from sira_kernel.auth import RequestInfo
-from sira_kernel.config import ConfigError, KernelConfig, Secret, parse_config, validate_section
-from sira_kernel.context import PluginContext
-from sira_kernel.errors import ProviderRejected, ProviderUnavailable
-from sira_kernel.providers import CallContext, Provider
-from sira_kernel.registrations import ProviderRegistrar, Staged
+from sira_kernel.config import ConfigError, Secret, validate_section
+from sira_kernel.errors import ProviderRejected
 from sira_kernel.testing import make_kernel
 from sira_kernel.testing.fake_gemini import FakeGeminiUpstream, GeminiFault
-from sira_kernel.types import ChatRequest, EmbeddingRequest, Finish, Message, StreamStart, TextDelta, Usage
+from sira_kernel.testing.loopback import RecordedRequest
+from sira_kernel.testing.providers import ProviderPluginContract, plugin_context, register_providers
+from sira_kernel.testing.providers import chat_request as ask
+from sira_kernel.types import EmbeddingRequest, Finish, StreamStart, TextDelta, Usage
 
 import sira_provider_gemini
 from sira_provider_gemini import GeminiConfig, GeminiProvider, GeminiProviderPlugin
@@ -27,19 +24,16 @@ pytestmark = pytest.mark.anyio
 INFO = RequestInfo(method="POST", path="/v1/chat/completions", headers={})
 
 
-def context(plugin_id: str, config: KernelConfig | None = None) -> PluginContext:
-    kernel: Any = SimpleNamespace(config=config or KernelConfig())
-    return PluginContext(kernel, plugin_id, None)
+class TestPluginContract(ProviderPluginContract):
+    plugin_class = GeminiProviderPlugin
+    entry_point = "provider-gemini"
+    model = "gemini-2.0-flash"
 
+    def plugin_config(self, fake: Any, **keys: Any) -> GeminiConfig:
+        return GeminiConfig(base_url=fake.base_url, api_key=Secret(str(fake.api_key)), **keys)
 
-def register(plugin: GeminiProviderPlugin, owner: str) -> list[Provider]:
-    staged = Staged(owner=owner)
-    plugin.sira_register_providers(ProviderRegistrar(staged))
-    return staged.providers
-
-
-def ask(text: str = "hi", model: str = "m", **fields: Any) -> ChatRequest:
-    return ChatRequest(model=model, messages=[Message(role="user", content=text)], **fields)
+    def sent_model(self, request: RecordedRequest) -> str:
+        return request.path.removeprefix("/v1beta/models/").removesuffix(":generateContent")
 
 
 def test_public_api_is_pinned() -> None:
@@ -51,39 +45,17 @@ def test_public_api_is_pinned() -> None:
         "SafetySetting",
         "to_gemini_schema",
     ]
+    assert sira_provider_gemini.SSEDecoder is sira_kernel.sse.SSEDecoder
 
 
-def test_entry_point() -> None:
-    [entry] = [
-        e for e in importlib.metadata.entry_points(group="sira_kernel.plugins") if e.name == "provider-gemini"
-    ]
-    assert entry.load() is GeminiProviderPlugin
-
-
-def test_class_contract() -> None:
-    assert GeminiProviderPlugin.sira_api == 1
-    assert GeminiProviderPlugin.Config is GeminiConfig
-    assert GeminiProviderPlugin.requires == () and GeminiProviderPlugin.provides == ()
-    assert GeminiProviderPlugin.__doc__
-    provider = GeminiProvider("x", GeminiConfig())
-    assert isinstance(provider, Provider)
-    capabilities = provider.capabilities
+def test_capabilities() -> None:
+    capabilities = GeminiProvider("x", GeminiConfig()).capabilities
     assert (capabilities.vision, capabilities.tools, capabilities.embeddings, capabilities.json_mode) == (
         True,
         True,
         True,
         True,
     )
-
-
-def test_hooks_match_the_kernel_hookspecs() -> None:
-    manager = pluggy.PluginManager(hookspecs.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    plugin = GeminiProviderPlugin(GeminiConfig())
-    manager.register(plugin, name="provider-gemini")
-    manager.check_pending()
-    hooks = {caller.name for caller in manager.get_hookcallers(plugin) or []}
-    assert hooks == {"sira_lifespan", "sira_register_providers"}
 
 
 def test_config_section_validation() -> None:
@@ -112,57 +84,11 @@ def test_config_section_validation() -> None:
             validate_section(GeminiConfig, bad, "plugins.gemini")
 
 
-def test_instances_from_kernel_toml() -> None:
-    kernel_config = parse_config(
-        {
-            "kernel": {"plugins": ["provider-gemini", "gemini-eu"]},
-            "plugins": {
-                "provider-gemini": {"models": ["gemini-2.5-flash"]},
-                "gemini-eu": {
-                    "use": "provider-gemini",
-                    "base_url": "https://eu-proxy.example",
-                    "models": ["x"],
-                },
-            },
-        }
-    )
-    assert kernel_config.entry_point_for("gemini-eu") == "provider-gemini"
-    config = validate_section(GeminiConfig, kernel_config.plugin_section("gemini-eu"), "plugins.gemini-eu")
-    assert config.base_url == "https://eu-proxy.example"
-
-
-async def test_lifespan_then_registration(fake: FakeGeminiUpstream) -> None:
-    plugin = GeminiProviderPlugin(
-        GeminiConfig(base_url=fake.base_url, api_key=Secret(str(fake.api_key)), models=["gemini-2.0-flash"])
-    )
-    async with plugin.sira_lifespan(context("gemini-eu")):
-        [provider] = register(plugin, "gemini-eu")
-        assert provider.name == "gemini-eu"
-        response = await provider.chat(ask(), CallContext(upstream_model="gemini-2.0-flash", request_id="r"))
-        assert response.choices[0].message.content == "Echo: hi"
-    with pytest.raises(ProviderUnavailable) as caught:
-        await provider.chat(ask(), CallContext(upstream_model="gemini-2.0-flash", request_id="r"))
-    assert caught.value.provider == "gemini-eu"
-
-
-async def test_two_instances_coexist(fake: FakeGeminiUpstream) -> None:
-    key = Secret(str(fake.api_key))
-    first = GeminiProviderPlugin(GeminiConfig(base_url=fake.base_url, api_key=key, models=["a"]))
-    second = GeminiProviderPlugin(GeminiConfig(base_url=fake.base_url, api_key=key, models=["b"]))
-    async with first.sira_lifespan(context("gemini-a")), second.sira_lifespan(context("gemini-b")):
-        [provider_a] = register(first, "gemini-a")
-        [provider_b] = register(second, "gemini-b")
-        assert (provider_a.name, provider_b.name) == ("gemini-a", "gemini-b")
-        assert [m.id for m in provider_a.models()] == ["a"]
-        await provider_b.chat(ask(), CallContext(upstream_model="b", request_id="r"))
-    assert fake.requests[-1].path == "/v1beta/models/b:generateContent"
-
-
 async def test_lifespan_discovers_models_and_survives_a_failed_discovery(fake: FakeGeminiUpstream) -> None:
     config = GeminiConfig(base_url=fake.base_url, api_key=Secret(str(fake.api_key)), discover_models=True)
     plugin = GeminiProviderPlugin(config)
-    async with plugin.sira_lifespan(context("gemini")):
-        [provider] = register(plugin, "gemini")
+    async with plugin.sira_lifespan(plugin_context("gemini")):
+        [provider] = register_providers(plugin, "gemini")
         assert [m.id for m in provider.models()] == list(fake.models)
 
     fake.enqueue(GeminiFault(status=503))
@@ -170,8 +96,8 @@ async def test_lifespan_discovers_models_and_survives_a_failed_discovery(fake: F
         base_url=fake.base_url, api_key=Secret(str(fake.api_key)), models=["x"], discover_models=True
     )
     plugin = GeminiProviderPlugin(config)
-    async with plugin.sira_lifespan(context("gemini")):
-        [provider] = register(plugin, "gemini")
+    async with plugin.sira_lifespan(plugin_context("gemini")):
+        [provider] = register_providers(plugin, "gemini")
         assert [m.id for m in provider.models()] == ["x"]
 
 

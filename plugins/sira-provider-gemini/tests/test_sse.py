@@ -1,20 +1,17 @@
-"""The SSE decoder and stream parser: any byte split of a Gemini stream yields the same events."""
+"""The stream parser over the kernel's SSE decoder: any byte split of a Gemini stream parses alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from sira_kernel.testing.fake_gemini import FIXTURES, FakeGeminiUpstream, GeminiFault, load_fixture
+from sira_kernel.testing.providers import UNICODE_TEXT, StreamSplitSuite
 from sira_kernel.types import Finish, StreamEvent, TextDelta, ToolCallDelta, Usage
 
-from sira_provider_gemini import SSEDecoder
 from sira_provider_gemini._stream import StreamParser
 
-UNICODE_TEXT = "héllo wörld 日本語 🎉 naïve"
 STREAM_FIXTURES = [name for name in FIXTURES if load_fixture(name).stream is not None]
 
 
@@ -45,46 +42,16 @@ def recorded() -> list[bytes]:
     return recordings
 
 
-def split(data: bytes, cuts: list[int]) -> Iterator[bytes]:
-    start = 0
-    for cut in sorted(set(cuts)):
-        yield data[start:cut]
-        start = cut
-    yield data[start:]
-
-
-def parse(chunks: Iterator[bytes] | list[bytes]) -> list[StreamEvent]:
+def parse(chunks: Iterable[bytes]) -> list[StreamEvent]:
     parser = StreamParser(provider="p", secrets=(), fallback_id="r", fallback_model="m", created=7)
     events = [event for chunk in chunks for event in parser.feed(chunk)]
     events += parser.end()
-    assert parser.failure is None
+    assert parser.failure is None and isinstance(events[-1], Usage)
     return events
 
 
-def decode(chunks: Iterator[bytes] | list[bytes]) -> list[tuple[str, bytes]]:
-    decoder = SSEDecoder()
-    return [event for chunk in chunks for event in decoder.feed(chunk)]
-
-
-@settings(max_examples=150, deadline=None)
-@given(which=st.integers(0, 9), cuts=st.lists(st.integers(0, 20_000), max_size=40), data=st.data())
-def test_any_split_of_a_recorded_stream_yields_the_same_events(
-    recorded: list[bytes], which: int, cuts: list[int], data: st.DataObject
-) -> None:
-    stream = recorded[which % len(recorded)]
-    cuts = [c % (len(stream) + 1) for c in cuts]
-    # Also cut around every byte of one randomly chosen place (CRLF pairs, multibyte characters).
-    around = data.draw(st.integers(0, len(stream)))
-    cuts += [around, around + 1, around + 2, around + 3]
-    whole = parse([stream])
-    assert parse(split(stream, cuts)) == whole
-    assert decode(split(stream, cuts)) == decode([stream])
-    assert isinstance(whole[-1], Usage)
-
-
-def test_byte_by_byte(recorded: list[bytes]) -> None:
-    for stream in recorded:
-        assert parse([stream[i : i + 1] for i in range(len(stream))]) == parse([stream])
+class TestByteSplits(StreamSplitSuite):
+    parse = staticmethod(parse)
 
 
 def test_recorded_streams_carry_the_reply(recorded: list[bytes]) -> None:
@@ -110,23 +77,6 @@ def test_a_cut_stream_fails_however_it_is_split(recorded: list[bytes]) -> None:
             parser.feed(cut[start : start + size])
         assert parser.end() == []
         assert parser.failure is not None and "before it finished" in parser.failure.message
-
-
-@pytest.mark.parametrize(
-    ("stream", "expected"),
-    [
-        (b"data: x\r\n\r\n", [("", b"x")]),
-        (b"data:x\n\n", [("", b"x")]),
-        (b"data: a\r\ndata: b\r\n\r\n", [("", b"a\nb")]),
-        (b": comment\r\n\r\n", []),
-        (b"\xef\xbb\xbfdata: x\n\n", [("", b"x")]),
-        (b"data: x\r\rdata: y\r\n\r\n", [("", b"x"), ("", b"y")]),
-        (b"data: x\r\n", []),  # unterminated at the end: discarded
-    ],
-)
-def test_decoder_rules(stream: bytes, expected: list[tuple[str, bytes]]) -> None:
-    assert decode([stream]) == expected
-    assert decode([stream[i : i + 1] for i in range(len(stream))]) == expected
 
 
 def test_an_error_event_is_a_redacted_failure() -> None:

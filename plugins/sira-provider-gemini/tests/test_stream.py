@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -13,13 +11,12 @@ import pytest
 from sira_kernel.errors import ProviderRejected, ProviderUnavailable
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_gemini import THOUGHT_SIGNATURE, FakeGeminiUpstream, Fault, GeminiFault
+from sira_kernel.testing.providers import TOOLS, call_context, collect, text_of, tool_calls
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import (
-    ChatRequest,
     Finish,
-    Message,
     ReasoningDelta,
     StreamError,
-    StreamEvent,
     StreamStart,
     TextDelta,
     ToolCallDelta,
@@ -30,41 +27,9 @@ from sira_provider_gemini import GeminiProvider
 
 pytestmark = pytest.mark.anyio
 
-TOOLS = [
-    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
-    for name in ("get_weather", "get_time")
-]
 
-
-def ctx(model: str = "gemini-2.0-flash", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    fields.setdefault("stream", True)
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
-def text_of(events: list[StreamEvent], index: int = 0) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == index)
-
-
-def tool_calls(events: list[StreamEvent]) -> dict[tuple[int, int], dict[str, Any]]:
-    """Reassemble streamed tool calls per (choice, call) the way a client does."""
-    calls: dict[tuple[int, int], dict[str, Any]] = defaultdict(lambda: {"arguments": ""})
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            call = calls[(event.index, event.call_index)]
-            if event.id is not None:
-                call["id"] = event.id
-            if event.name is not None:
-                call["name"] = event.name
-            call["arguments"] += event.arguments
-    return dict(calls)
+def ctx(model: str = "gemini-2.0-flash") -> CallContext:
+    return call_context(model)
 
 
 def sse(*responses: dict[str, Any]) -> bytes:
@@ -101,24 +66,6 @@ async def test_text_stream_in_order(provider: GeminiProvider, fake: FakeGeminiUp
     )
     assert sent.headers["accept"] == "text/event-stream"
     assert fake.completed_streams == 1
-
-
-async def test_events_arrive_before_the_upstream_finishes(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.15))
-    started = time.monotonic()
-    stream = provider.stream(ask("one two three four"), ctx())
-    seen: list[StreamEvent] = []
-    async for event in stream:
-        seen.append(event)
-        if isinstance(event, TextDelta):
-            break
-    first_text_after = time.monotonic() - started
-    assert fake.open_streams == 1 and fake.completed_streams == 0  # the upstream is still writing
-    assert first_text_after < 0.5  # 5 events * 0.15 s: the whole answer takes over half a second
-    rest = await collect(stream)
-    assert text_of(seen + rest) == "Echo: one two three four"
 
 
 async def test_streamed_tool_call(provider: GeminiProvider) -> None:
@@ -282,13 +229,3 @@ async def test_json_answer_to_a_stream_request(provider: GeminiProvider, fake: F
     fake.enqueue(Fault(body=msgspec.json.encode(blocked), content_type="application/json"))
     with pytest.raises(ProviderRejected):
         await collect(provider.stream(ask(), ctx()))
-
-
-async def test_stream_keeps_the_connection_for_reuse(
-    provider: GeminiProvider, fake: FakeGeminiUpstream
-) -> None:
-    for _ in range(5):
-        events = await collect(provider.stream(ask(), ctx()))
-        assert not any(isinstance(e, StreamError) for e in events)
-    await provider.chat(ask(stream=False), ctx())
-    assert fake.connections_open == 1  # read to the end of the body: back to the pool

@@ -13,24 +13,17 @@ from sira_kernel.errors import ProviderRejected
 from sira_kernel.providers import CallContext
 from sira_kernel.routing import Deployment, RouteTable
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream
+from sira_kernel.testing.providers import TOOLS, call_context
+from sira_kernel.testing.providers import chat_request as ask
 from sira_kernel.types import ChatRequest, EmbeddingRequest, Message, ModelInfo
 
 from sira_provider_openai import OpenAIProvider
 
 pytestmark = pytest.mark.anyio
 
-WEATHER_TOOLS = [
-    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
-    for name in ("get_weather", "get_time")
-]
 
-
-def ctx(model: str = "gpt-4o-mini", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", model: str = "public-model", **fields: Any) -> ChatRequest:
-    return ChatRequest(model=model, messages=[Message(role="user", content=text)], **fields)
+def ctx(model: str = "gpt-4o-mini") -> CallContext:
+    return call_context(model)
 
 
 async def test_text_reply_usage_and_upstream_model(
@@ -76,7 +69,7 @@ async def test_max_tokens_cuts_the_reply(provider: OpenAIProvider, fake: FakeOpe
 
 
 async def test_tool_call(provider: OpenAIProvider) -> None:
-    response = await provider.chat(ask("weather?", tools=WEATHER_TOOLS[:1]), ctx())
+    response = await provider.chat(ask("weather?", tools=TOOLS[:1]), ctx())
     choice = response.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message.content is None
@@ -87,14 +80,14 @@ async def test_tool_call(provider: OpenAIProvider) -> None:
 
 
 async def test_parallel_tool_calls(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
-    response = await provider.chat(ask("weather and time?", tools=WEATHER_TOOLS), ctx())
+    response = await provider.chat(ask("weather and time?", tools=TOOLS), ctx())
     calls = response.choices[0].message.tool_calls
     assert calls is not None
     assert [c.function.name for c in calls] == ["get_weather", "get_time"]
     assert [json.loads(c.function.arguments) for c in calls] == [{"location": "Paris"}, {"location": "Tokyo"}]
-    assert fake.requests[-1].json["tools"] == WEATHER_TOOLS
+    assert fake.requests[-1].json["tools"] == TOOLS
 
-    single = await provider.chat(ask("weather?", tools=WEATHER_TOOLS, parallel_tool_calls=False), ctx())
+    single = await provider.chat(ask("weather?", tools=TOOLS, parallel_tool_calls=False), ctx())
     assert single.choices[0].message.tool_calls is not None
     assert len(single.choices[0].message.tool_calls) == 1
     assert fake.requests[-1].json["parallel_tool_calls"] is False

@@ -1,20 +1,27 @@
-"""The SSE decoder and stream parser: any byte split of a stream yields the same events."""
+"""The stream parser over the kernel's SSE decoder: any byte split of a stream yields the same events.
+
+The decoder's own rules are checked here too, once for every adapter (it is ``sira_kernel.sse``'s).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import httpx
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream
+from sira_kernel.testing.providers import (
+    SSE_DECODER_CASES,
+    UNICODE_TEXT,
+    GeneratedStream,
+    StreamSplitSuite,
+    decode_sse,
+    generated_sse_streams,
+)
 from sira_kernel.types import StreamEvent, TextDelta, ToolCallDelta
 
-from sira_provider_openai import SSEDecoder
 from sira_provider_openai._stream import StreamParser
-
-UNICODE_TEXT = "héllo wörld 日本語 🎉 naïve"
 
 
 @pytest.fixture(scope="module")
@@ -36,111 +43,36 @@ def recorded() -> list[bytes]:
     return recordings
 
 
-def split(data: bytes, cuts: list[int]) -> Iterator[bytes]:
-    start = 0
-    for cut in sorted(set(cuts)):
-        yield data[start:cut]
-        start = cut
-    yield data[start:]
-
-
-def decode(chunks: Iterator[bytes] | list[bytes]) -> list[tuple[str, bytes]]:
-    decoder = SSEDecoder()
-    return [event for chunk in chunks for event in decoder.feed(chunk)]
-
-
-def parse(chunks: Iterator[bytes] | list[bytes]) -> tuple[list[StreamEvent], bool]:
+def parse(chunks: Iterable[bytes]) -> list[StreamEvent]:
     parser = StreamParser(provider="p", secrets=(), fallback_id="r", fallback_model="m")
     events = [event for chunk in chunks for event in parser.feed(chunk)]
-    return events, parser.done
+    assert parser.done
+    return events
 
 
-@settings(max_examples=200, deadline=None)
-@given(which=st.integers(0, 3), cuts=st.lists(st.integers(0, 20_000), max_size=40), data=st.data())
-def test_any_split_of_a_recorded_stream_yields_the_same_events(
-    recorded: list[bytes], which: int, cuts: list[int], data: st.DataObject
-) -> None:
-    stream = recorded[which]
-    cuts = [c % (len(stream) + 1) for c in cuts]
-    # Also cut around every byte of one randomly chosen place (CRLF pairs, multibyte characters).
-    around = data.draw(st.integers(0, len(stream)))
-    cuts += [around, around + 1, around + 2]
-    whole_events, whole_done = parse([stream])
-    split_events, split_done = parse(split(stream, cuts))
-    assert split_events == whole_events
-    assert split_done and whole_done
-    assert decode(split(stream, cuts)) == decode([stream])
-
-
-def test_byte_by_byte(recorded: list[bytes]) -> None:
-    for stream in recorded:
-        assert parse([stream[i : i + 1] for i in range(len(stream))]) == parse([stream])
+class TestByteSplits(StreamSplitSuite):
+    parse = staticmethod(parse)
 
 
 def test_recorded_streams_carry_the_reply(recorded: list[bytes]) -> None:
-    events, done = parse([recorded[0]])
-    assert done
+    events = parse([recorded[0]])
     for index in (0, 1):
         text = "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == index)
         assert text == f"Echo: {UNICODE_TEXT}"
-    tool_events, _ = parse([recorded[1]])
+    tool_events = parse([recorded[1]])
     arguments = "".join(
         e.arguments for e in tool_events if isinstance(e, ToolCallDelta) and e.call_index == 1
     )
     assert arguments == '{"location": "Tokyo"}'
 
 
-# Generated streams: arbitrary events in arbitrary line endings survive arbitrary splits.
-
-_line_text = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=30)
-_event = st.tuples(
-    st.sampled_from(["", "message", "error"]),
-    st.lists(_line_text, min_size=1, max_size=3),
-    st.booleans(),  # a comment line before the event
-)
-
-
 @settings(max_examples=300, deadline=None)
-@given(
-    events=st.lists(_event, max_size=8),
-    newline=st.sampled_from(["\n", "\r\n", "\r"]),
-    cuts=st.lists(st.integers(0, 2_000), max_size=30),
-)
-def test_generated_streams_round_trip(
-    events: list[tuple[str, list[str], bool]], newline: str, cuts: list[int]
-) -> None:
-    text = ""
-    expected = []
-    for name, lines, comment in events:
-        if comment:
-            text += f": comment{newline}"
-        if name:
-            text += f"event: {name}{newline}"
-        text += "".join(f"data: {line}{newline}" for line in lines) + newline
-        expected.append((name, "\n".join(lines).encode()))
-    stream = text.encode()
-    cuts = [c % (len(stream) + 1) for c in cuts]
-    assert decode(split(stream, cuts)) == expected
+@given(generated_sse_streams())
+def test_generated_streams_round_trip(stream: GeneratedStream) -> None:
+    assert decode_sse(stream.chunks) == stream.events
 
 
-@pytest.mark.parametrize(
-    ("stream", "expected"),
-    [
-        (b"data: x\n\n", [("", b"x")]),
-        (b"data:x\n\n", [("", b"x")]),  # the space after the colon is optional
-        (b"data:  x\n\n", [("", b" x")]),  # only one space is stripped
-        (b"data: a\ndata: b\n\n", [("", b"a\nb")]),
-        (b"data\n\n", [("", b"")]),  # a field with no colon has an empty value
-        (b"data:\n\n", [("", b"")]),
-        (b": comment\n\n", []),  # no data, no event
-        (b"event: error\ndata: {}\n\n", [("error", b"{}")]),
-        (b"id: 1\nretry: 5\ndata: x\n\n", [("", b"x")]),
-        (b"\xef\xbb\xbfdata: x\n\n", [("", b"x")]),  # a leading BOM is ignored
-        (b"data: x\r\rdata: y\r\n\r\n", [("", b"x"), ("", b"y")]),
-        (b"data: x\n", []),  # unterminated at the end: discarded
-        (b"data: [DONE]\n\n", [("", b"[DONE]")]),
-    ],
-)
+@pytest.mark.parametrize(("stream", "expected"), SSE_DECODER_CASES)
 def test_decoder_rules(stream: bytes, expected: list[tuple[str, bytes]]) -> None:
-    assert decode([stream]) == expected
-    assert decode([stream[i : i + 1] for i in range(len(stream))]) == expected
+    assert decode_sse([stream]) == expected
+    assert decode_sse([stream[i : i + 1] for i in range(len(stream))]) == expected

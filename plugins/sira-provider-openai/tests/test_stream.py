@@ -3,67 +3,23 @@
 from __future__ import annotations
 
 import json
-import time
-from collections import defaultdict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 import pytest
 from sira_kernel.providers import CallContext
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
-from sira_kernel.types import (
-    ChatRequest,
-    Finish,
-    Message,
-    ReasoningDelta,
-    StreamError,
-    StreamEvent,
-    StreamStart,
-    TextDelta,
-    ToolCallDelta,
-    Usage,
-)
+from sira_kernel.testing.providers import TOOLS, call_context, collect, text_of, tool_calls
+from sira_kernel.testing.providers import chat_request as ask
+from sira_kernel.types import Finish, ReasoningDelta, StreamStart, TextDelta, ToolCallDelta, Usage
 
 from sira_provider_openai import OpenAIProvider
 
 pytestmark = pytest.mark.anyio
 
-WEATHER_TOOLS = [
-    {"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {}}}}
-    for name in ("get_weather", "get_time")
-]
 
-
-def ctx(model: str = "gpt-4o-mini", **limits: Any) -> CallContext:
-    return CallContext(upstream_model=model, request_id="req-test", **limits)
-
-
-def ask(text: str = "hello there", **fields: Any) -> ChatRequest:
-    fields.setdefault("stream", True)
-    return ChatRequest(model="public-model", messages=[Message(role="user", content=text)], **fields)
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> list[StreamEvent]:
-    return [event async for event in events]
-
-
-def text_of(events: list[StreamEvent], index: int = 0) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta) and e.index == index)
-
-
-def tool_calls(events: list[StreamEvent]) -> dict[tuple[int, int], dict[str, Any]]:
-    """Reassemble streamed tool calls per (choice, call) the way a client does."""
-    calls: dict[tuple[int, int], dict[str, Any]] = defaultdict(lambda: {"arguments": ""})
-    for event in events:
-        if isinstance(event, ToolCallDelta):
-            call = calls[(event.index, event.call_index)]
-            if event.id is not None:
-                call["id"] = event.id
-            if event.name is not None:
-                call["name"] = event.name
-            call["arguments"] += event.arguments
-    return dict(calls)
+def ctx(model: str = "gpt-4o-mini") -> CallContext:
+    return call_context(model)
 
 
 async def test_text_stream_in_order(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
@@ -93,24 +49,6 @@ async def test_text_stream_in_order(provider: OpenAIProvider, fake: FakeOpenAIUp
     assert fake.completed_streams == 1
 
 
-async def test_events_arrive_before_the_upstream_finishes(
-    provider: OpenAIProvider, fake: FakeOpenAIUpstream
-) -> None:
-    fake.enqueue(Fault(chunk_delay=0.15))
-    started = time.monotonic()
-    stream = provider.stream(ask("one two three four"), ctx())
-    seen: list[StreamEvent] = []
-    async for event in stream:
-        seen.append(event)
-        if isinstance(event, TextDelta):
-            break
-    first_text_after = time.monotonic() - started
-    assert fake.open_streams == 1 and fake.completed_streams == 0  # the upstream is still writing
-    assert first_text_after < 0.5  # 7 chunks * 0.15 s: the whole answer takes over a second
-    rest = await collect(stream)
-    assert text_of(seen + rest) == "Echo: one two three four"
-
-
 async def test_client_stream_options_are_kept(open_provider: Any, fake: FakeOpenAIUpstream) -> None:
     async with open_provider(stream_usage=False) as provider:
         events = await collect(provider.stream(ask(), ctx()))
@@ -127,7 +65,7 @@ async def test_client_stream_options_are_kept(open_provider: Any, fake: FakeOpen
 
 
 async def test_streamed_tool_call_arguments_reassemble_exactly(provider: OpenAIProvider) -> None:
-    events = await collect(provider.stream(ask("weather?", tools=WEATHER_TOOLS[:1]), ctx()))
+    events = await collect(provider.stream(ask("weather?", tools=TOOLS[:1]), ctx()))
     deltas = [e for e in events if isinstance(e, ToolCallDelta)]
     assert len(deltas) > 2  # the arguments really arrived in fragments
     assert deltas[0].id == "call_fake_0" and deltas[0].name == "get_weather" and deltas[0].arguments == ""
@@ -139,7 +77,7 @@ async def test_streamed_tool_call_arguments_reassemble_exactly(provider: OpenAIP
 
 
 async def test_streamed_parallel_tool_calls(provider: OpenAIProvider) -> None:
-    events = await collect(provider.stream(ask("weather and time?", tools=WEATHER_TOOLS), ctx()))
+    events = await collect(provider.stream(ask("weather and time?", tools=TOOLS), ctx()))
     calls = tool_calls(events)
     assert [calls[(0, k)]["name"] for k in (0, 1)] == ["get_weather", "get_time"]
     assert [json.loads(calls[(0, k)]["arguments"]) for k in (0, 1)] == [
@@ -218,13 +156,3 @@ async def test_json_answer_to_a_stream_request(provider: OpenAIProvider, fake: F
         Finish("stop"),
         Usage(prompt_tokens=1, completion_tokens=1, total_tokens=2),
     ]
-
-
-async def test_stream_keeps_the_connection_for_reuse(
-    provider: OpenAIProvider, fake: FakeOpenAIUpstream
-) -> None:
-    for _ in range(5):
-        events = await collect(provider.stream(ask(), ctx()))
-        assert not any(isinstance(e, StreamError) for e in events)
-    await provider.chat(ask(stream=False), ctx())
-    assert fake.connections_open == 1  # [DONE] then the chunked terminator: back to the pool
