@@ -360,3 +360,25 @@ def test_hot_unload_mid_stream_lets_the_stream_finish(gateway: ServerThread, ups
     assert client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "back"}]
     ).choices[0].message.content == "Echo: back"
+
+
+def test_unload_past_the_drain_timeout_ends_the_stream_with_an_api_error(
+    gateway: ServerThread, upstream: FakeOpenAIUpstream, client: openai.OpenAI, usage: UsageLog
+) -> None:
+    """Also last (it unloads and reloads the provider): a stream outliving the drain timeout is ended
+    with an error event the SDK raises, not cut silently."""
+    upstream.enqueue(Fault(chunk_delay=0.3))
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": " ".join(["word"] * 30)}], stream=True
+    )
+    iterator = iter(stream)
+    next(iterator)
+    unloading = gateway.submit(gateway.kernel.unload, "provider-openai", 0.2)
+    with pytest.raises(openai.APIError, match="unloaded"):
+        for _ in iterator:
+            pass
+    assert unloading.result(timeout=10).state == "stopped"
+    [record] = usage.wait(1)
+    assert (record.status, record.error_code) == (503, "provider_unloaded")
+    upstream.wait_until(lambda: upstream.open_streams == 0)
+    gateway.call(gateway.kernel.load, "provider-openai")

@@ -111,7 +111,12 @@ async def test_stream_total_deadline_ends_the_stream_with_an_error() -> None:
     async with make_kernel({"fake": FakeProviderPlugin}, config) as kernel:
         recorder = Recorder(kernel)
         stream = await kernel.pipeline.stream(chat(stream=True), INFO)
-        events = [event async for event in stream]
+        events = []
+        with stream.guard() as guard:  # how consumers iterate: one scope the deadline cancels
+            async for event in stream:
+                events.append(event)
+        assert guard.cancelled_caught
+        events.append(stream.interrupted())
         await stream.aclose()
         assert isinstance(events[-1], StreamError) and events[-1].status == 504
         [record] = await recorder.settled(1)

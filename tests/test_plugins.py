@@ -436,8 +436,11 @@ async def test_unload_with_a_tiny_drain_timeout_ends_the_stream_with_an_error() 
 
         async def consume() -> None:
             try:
-                async for event in stream:
-                    events.append(event)
+                with stream.guard() as guard:  # as surfaces consume streams: revoking cancels it
+                    async for event in stream:
+                        events.append(event)
+                if guard.cancelled_caught:
+                    events.append(stream.interrupted())
             finally:
                 await stream.aclose()
 

@@ -113,20 +113,23 @@ class Messages(_Endpoint):
         await start_event_stream(scope, send, [request_id_header(scope, b"request-id"), *(route_header(info) or ())])
         head = encoder.start() if first is start else encoder.start() + encoder.encode(first)
         await send({"type": "http.response.body", "body": head, "more_body": True})
-        try:
-            async for event in events:
-                if isinstance(event, StreamError):
-                    return encoder.error(event, request_id)
-                data = encoder.encode(event)
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-        except SiraError as exc:
-            return encoder.error(stream_error(exc), request_id)
-        except OSError:
-            raise
-        except Exception:
-            _log.exception("api_anthropic.stream_failed")
-            return encoder.error(StreamError(message="internal error", status=500), request_id)
+        with stream.guard() as guard:
+            try:
+                async for event in events:
+                    if isinstance(event, StreamError):
+                        return encoder.error(event, request_id)
+                    data = encoder.encode(event)
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+            except SiraError as exc:
+                return encoder.error(stream_error(exc), request_id)
+            except OSError:
+                raise
+            except Exception:
+                _log.exception("api_anthropic.stream_failed")
+                return encoder.error(StreamError(message="internal error", status=500), request_id)
+        if guard.cancelled_caught:  # deadline passed, or the provider was unloaded past its drain timeout
+            return encoder.error(stream.interrupted(), request_id)
         return encoder.finish()
 
 

@@ -86,16 +86,18 @@ class ChatCompletions(_Endpoint):
         encoder = ChunkEncoder(start, include_usage)  # type: ignore[arg-type]
         await start_event_stream(scope, send, headers)
         await send({"type": "http.response.body", "body": encoder.first(), "more_body": True})
-        try:
-            async for event in events:
-                line = encoder.encode(event)
-                if line is not None:
-                    await send({"type": "http.response.body", "body": line, "more_body": True})
-                if isinstance(event, StreamError):
-                    return b""
-        except SiraError as exc:
-            await send({"type": "http.response.body", "body": stream_error_line(stream_error(exc)), "more_body": True})
-            return b""
+        with stream.guard() as guard:
+            try:
+                async for event in events:
+                    line = encoder.encode(event)
+                    if line is not None:
+                        await send({"type": "http.response.body", "body": line, "more_body": True})
+                    if isinstance(event, StreamError):
+                        return b""
+            except SiraError as exc:
+                return stream_error_line(stream_error(exc))
+        if guard.cancelled_caught:  # deadline passed, or the provider was unloaded past its drain timeout
+            return stream_error_line(stream.interrupted())
         return DONE
 
 
