@@ -119,18 +119,45 @@ async def test_passthrough_can_be_switched_off(open_provider: Any, fake: FakeOpe
     assert "reasoning_effort" not in fake.requests[-1].json
 
 
-async def test_reasoning_content_of_earlier_turns_is_not_sent(
+async def test_reasoning_of_earlier_turns_is_not_sent(
     provider: OpenAIProvider, fake: FakeOpenAIUpstream
 ) -> None:
     messages = [
         Message(role="user", content="first"),
-        Message(role="assistant", content="answer", reasoning_content="private thoughts"),
+        Message(
+            role="assistant",
+            content="answer",
+            reasoning_content="private thoughts",
+            reasoning_signature="sig",
+        ),
         Message(role="user", content="second"),
     ]
     await provider.chat(ChatRequest(model="m", messages=messages), ctx())
     sent = fake.requests[-1].json["messages"]
     assert [m.get("reasoning_content") for m in sent] == [None, None, None]
-    assert messages[1].reasoning_content == "private thoughts"  # the caller's request is untouched
+    assert not any("reasoning_signature" in m for m in sent)
+    assert sent[1]["content"] == "answer"
+    assert messages[1].reasoning_signature == "sig"  # the caller's request is untouched
+
+
+async def test_anthropic_cache_control_marks_are_not_sent(
+    provider: OpenAIProvider, fake: FakeOpenAIUpstream
+) -> None:
+    mark = {"type": "ephemeral"}
+    system = [{"type": "text", "text": "be brief", "cache_control": mark}]
+    tools = [{**TOOLS[0], "cache_control": mark}, TOOLS[1]]
+    request = ChatRequest(
+        model="m",
+        messages=[Message(role="system", content=system), Message(role="user", content="hi")],
+        tools=tools,
+        tool_choice="none",
+    )
+    await provider.chat(request, ctx())
+    sent = fake.requests[-1].json
+    assert sent["messages"][0]["content"] == [{"type": "text", "text": "be brief"}]
+    assert sent["tools"] == TOOLS
+    assert b"cache_control" not in fake.requests[-1].body
+    assert system[0]["cache_control"] == mark and tools[0]["cache_control"] == mark  # untouched
 
 
 async def test_content_parts_survive(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:

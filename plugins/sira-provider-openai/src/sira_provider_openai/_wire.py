@@ -17,6 +17,7 @@ from sira_kernel.types import (
     EmbeddingRequest,
     EmbeddingResponse,
     Finish,
+    Message,
     ReasoningDelta,
     StreamEvent,
     TextDelta,
@@ -58,18 +59,24 @@ def encode_chat(
 ) -> bytes:
     """The upstream JSON body for ``request``, sent as ``model``.
 
-    ``reasoning_content`` of earlier assistant turns is dropped (DeepSeek rejects it on input).
-    ``stream_options`` is only sent with ``stream`` (OpenAI rejects it otherwise); ``force_usage``
-    asks for the final usage chunk even if the client did not.
+    What only Anthropic reads is left out: ``reasoning_content`` and ``reasoning_signature`` of
+    earlier assistant turns (DeepSeek rejects reasoning on input) and the ``cache_control`` marks
+    of content parts and tools (an Anthropic-format client's prompt caching; OpenAI-compatible
+    servers reject unknown keys). ``stream_options`` is only sent with ``stream`` (OpenAI rejects
+    it otherwise); ``force_usage`` asks for the final usage chunk even if the client did not.
     """
     messages = request.messages
     for message in messages:
-        if message.reasoning_content is not None:
-            messages = [
-                msgspec.structs.replace(m, reasoning_content=None) if m.reasoning_content is not None else m
-                for m in messages
-            ]
+        if (
+            message.reasoning_content is not None
+            or message.reasoning_signature is not None
+            or (isinstance(message.content, list) and _marked(message.content))
+        ):
+            messages = [_for_openai(m) for m in messages]
             break
+    tools = request.tools
+    if tools and _marked(tools):
+        tools = [_unmarked(tool) for tool in tools]
     stream_options = request.stream_options
     if not stream:
         stream_options = None
@@ -78,12 +85,44 @@ def encode_chat(
             {**stream_options, "include_usage": True} if stream_options else {"include_usage": True}
         )
     upstream = msgspec.structs.replace(
-        request, model=model, messages=messages, stream=stream, stream_options=stream_options, extra={}
+        request,
+        model=model,
+        messages=messages,
+        tools=tools,
+        stream=stream,
+        stream_options=stream_options,
+        extra={},
     )
     body = _encode(upstream)
     if passthrough and request.extra:
         body = _splice(body, request.extra, _CHAT_FIELDS)
     return body
+
+
+def _marked(items: list[dict[str, Any]]) -> bool:
+    """True if a content part or tool in ``items`` carries a ``cache_control`` mark."""
+    for item in items:  # a loop, not any(): no generator on the hot path
+        if "cache_control" in item:
+            return True
+    return False
+
+
+def _unmarked(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k != "cache_control"} if "cache_control" in item else item
+
+
+def _for_openai(message: Message) -> Message:
+    """``message`` without reasoning and ``cache_control`` marks (the caller's is left as it is)."""
+    content = message.content
+    if isinstance(content, list) and _marked(content):
+        content = [_unmarked(part) for part in content]
+    if (
+        content is message.content
+        and message.reasoning_content is None
+        and message.reasoning_signature is None
+    ):
+        return message
+    return msgspec.structs.replace(message, content=content, reasoning_content=None, reasoning_signature=None)
 
 
 def encode_embeddings(request: EmbeddingRequest, *, model: str, passthrough: bool) -> bytes:
