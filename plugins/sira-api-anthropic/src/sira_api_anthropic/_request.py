@@ -187,6 +187,13 @@ def decode_messages(body: bytes, *, count_only: bool = False, cache_control: boo
     ``count_only`` is for ``count_tokens``: ``max_tokens`` is not required and nothing passes
     through. ``cache_control=False`` drops Anthropic's prompt-caching marks.
     """
+    try:
+        return _decode_messages(body, count_only, cache_control)
+    except RecursionError:  # a JSON bomb ([[[[…]]]]): msgspec gives up at Python's recursion limit
+        raise RequestError("the request body is nested too deeply") from None
+
+
+def _decode_messages(body: bytes, count_only: bool, cache_control: bool) -> ChatRequest:
     if not body:
         raise RequestError("the request body is empty; send a JSON object")
     try:

@@ -63,13 +63,20 @@ def _convert(data: dict[str, Any], struct: type[Any], known: frozenset[str]) -> 
     return request
 
 
+def _decode(body: bytes, struct: type[Any], known: frozenset[str]) -> Any:
+    try:
+        return _convert(_parse_object(body), struct, known)
+    except RecursionError:  # a JSON bomb ([[[[…]]]]): msgspec gives up at Python's recursion limit
+        raise RequestError("the request body is nested too deeply") from None
+
+
 def decode_chat(body: bytes) -> ChatRequest:
     """Parse and validate a chat completion body; unknown fields go to ``extra``."""
-    return _convert(_parse_object(body), ChatRequest, CHAT_FIELDS)  # type: ignore[no-any-return]
+    return _decode(body, ChatRequest, CHAT_FIELDS)  # type: ignore[no-any-return]
 
 
 def decode_embeddings(body: bytes) -> EmbeddingRequest:
-    return _convert(_parse_object(body), EmbeddingRequest, EMBED_FIELDS)  # type: ignore[no-any-return]
+    return _decode(body, EmbeddingRequest, EMBED_FIELDS)  # type: ignore[no-any-return]
 
 
 def error_body(exc: SiraError) -> bytes:

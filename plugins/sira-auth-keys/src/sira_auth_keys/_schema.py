@@ -200,6 +200,8 @@ def decode(body: bytes, struct: type[T]) -> T:
         raise _explain(exc) from None
     except msgspec.DecodeError:
         raise Invalid("the body is not valid JSON") from None
+    except RecursionError:  # a JSON bomb ([[[[…]]]])
+        raise Invalid("the body is nested too deeply") from None
     metadata = getattr(value, "metadata", UNSET)
     if isinstance(metadata, dict):
         _check_metadata(metadata)

@@ -99,6 +99,8 @@ def register_admin(
                 return await handler(request)
             except ValueError as exc:  # includes msgspec's DecodeError / ValidationError
                 return _bad(str(exc))
+            except RecursionError:  # a JSON bomb ([[[[…]]]])
+                return _bad("the body is nested too deeply")
             except ConfigError as exc:
                 return _bad(exc.message)
 
