@@ -1,15 +1,23 @@
 from __future__ import annotations
 
 import pytest
-from sira_tokenizer import BPETokenCounter, TokenizerConfig, TokenizerPlugin
+from sira_tokenizer import TiktokenCounter, TokenizerConfig, TokenizerPlugin, seed_tiktoken_cache
 
 from sira_kernel import ChatRequest, Message
 from sira_kernel.accounting import TokenCounter
 from sira_kernel.testing import make_kernel
 
 
-def counter(**config: object) -> BPETokenCounter:
-    return BPETokenCounter(TokenizerConfig(**config))  # type: ignore[arg-type]
+@pytest.fixture(autouse=True)
+def offline_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tiktoken must find its vocabularies without the network: in the cache the plugin seeds."""
+    cache = tmp_path_factory.getbasetemp() / "tiktoken"
+    seed_tiktoken_cache(cache)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))
+
+
+def counter(**config: object) -> TiktokenCounter:
+    return TiktokenCounter(TokenizerConfig(**config))  # type: ignore[arg-type]
 
 
 def test_openai_models_are_exact_with_tiktoken_ids() -> None:
