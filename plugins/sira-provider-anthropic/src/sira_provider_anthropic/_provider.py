@@ -24,13 +24,7 @@ from sira_kernel.types import (
     StreamEvent,
     StreamStart,
 )
-from sira_kernel.upstream import (
-    ERROR_BODY_LIMIT,
-    Upstream,
-    UpstreamProvider,
-    request_headers,
-    sanitize,
-)
+from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
 
 from ._config import AnthropicConfig
 from ._errors import ERROR_STATUS, error_for, status_error, upstream_error
@@ -44,11 +38,7 @@ USER_AGENT = "sira-provider-anthropic/0.1"
 
 
 class AnthropicProvider(UpstreamProvider):
-    """Anthropic's Messages API as a kernel ``Provider``.
-
-    ``name`` is the plugin instance id. :meth:`open` creates the pooled client and :meth:`aclose`
-    closes it (the plugin's lifespan does both); ``async with provider:`` does the same for tests.
-    """
+    """Anthropic's Messages API as a kernel ``Provider``; ``name`` is the plugin instance id."""
 
     def __init__(self, name: str, config: AnthropicConfig) -> None:
         self.name = name

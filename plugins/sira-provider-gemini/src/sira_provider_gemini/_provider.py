@@ -31,13 +31,7 @@ from sira_kernel.types import (
     StreamEvent,
     Usage,
 )
-from sira_kernel.upstream import (
-    ERROR_BODY_LIMIT,
-    Upstream,
-    UpstreamProvider,
-    request_headers,
-    sanitize,
-)
+from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
 
 from ._config import GeminiConfig
 from ._errors import blocked_prompt, google_error, status_error
@@ -86,11 +80,7 @@ def _estimate_tokens(text: str) -> int:
 
 
 class GeminiProvider(UpstreamProvider):
-    """The Gemini API as a kernel ``Provider``.
-
-    ``name`` is the plugin instance id. :meth:`open` creates the pooled client and :meth:`aclose`
-    closes it (the plugin's lifespan does both); ``async with provider:`` does the same for tests.
-    """
+    """The Gemini API as a kernel ``Provider``; ``name`` is the plugin instance id."""
 
     def __init__(self, name: str, config: GeminiConfig) -> None:
         self.name = name

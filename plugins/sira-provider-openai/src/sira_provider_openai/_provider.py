@@ -25,13 +25,7 @@ from sira_kernel.types import (
     StreamEvent,
     StreamStart,
 )
-from sira_kernel.upstream import (
-    ERROR_BODY_LIMIT,
-    Upstream,
-    UpstreamProvider,
-    request_headers,
-    sanitize,
-)
+from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
 
 from . import _wire
 from ._config import OpenAIConfig
@@ -48,11 +42,7 @@ _MODEL_LIST_LIMIT = 16 * 1024 * 1024
 
 
 class OpenAIProvider(UpstreamProvider):
-    """An OpenAI-compatible upstream as a kernel ``Provider``.
-
-    ``name`` is the plugin instance id. :meth:`open` creates the pooled client and :meth:`aclose`
-    closes it (the plugin's lifespan does both); ``async with provider:`` does the same for tests.
-    """
+    """An OpenAI-compatible upstream as a kernel ``Provider``; ``name`` is the plugin instance id."""
 
     def __init__(self, name: str, config: OpenAIConfig) -> None:
         self.name = name
