@@ -103,6 +103,8 @@ class ServerConfig(_Section):
 
 class LimitsConfig(_Section):
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
+    body_timeout: Seconds = 60.0
+    """How long a client may take to send a whole request body (408 after)."""
     max_n: PositiveInt = 8
     max_tokens: PositiveInt = 131_072
     max_messages: PositiveInt = 4096

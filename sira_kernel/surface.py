@@ -10,7 +10,8 @@ raised, back into the wire format. Everything between those two translations is 
   :meth:`Endpoint.handle`, ends the request quietly when the client went away (:class:`ClientGone`)
   and answers a ``SiraError`` with the surface's :meth:`Endpoint.send_error`.
 * :func:`read_body` reads the request body under ``limits.max_body_bytes`` (413
-  :class:`~sira_kernel.errors.PayloadTooLarge`); :func:`request_info` builds the
+  :class:`~sira_kernel.errors.PayloadTooLarge`) and within ``limits.body_timeout`` (408, so a
+  client trickling its body a byte at a time cannot hold a request open); :func:`request_info` builds the
   :class:`~sira_kernel.auth.RequestInfo` the pipeline wants.
 * :func:`unless_disconnected` awaits a pipeline call and cancels it (and the upstream call with it)
   if the client disconnects first.
@@ -38,7 +39,7 @@ import anyio
 
 from .asgi import Receive, Scope, Send
 from .auth import RequestInfo
-from .errors import PayloadTooLarge, SiraError
+from .errors import PayloadTooLarge, RequestError, SiraError
 from .hookspecs import hookimpl
 from .types import StreamError
 
@@ -113,13 +114,27 @@ def request_info(scope: Scope, surface: str) -> RequestInfo:
     )
 
 
-async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int, timeout: float | None = None) -> bytes:
     """The whole request body; :class:`PayloadTooLarge` (413) as soon as it is known to pass ``limit`` bytes.
 
     A ``Content-Length`` over the limit is refused before anything is read; otherwise the chunks are
     counted as they arrive, so a body without (or lying about) its length is refused once it passes
-    the limit, without being held whole. Raises :class:`ClientGone` if the client disconnects first.
+    the limit, without being held whole. With ``timeout`` (pass ``limits.body_timeout``), a body
+    that has not arrived whole within that many seconds is a 408 ``request_timeout`` (slowloris).
+    Raises :class:`ClientGone` if the client disconnects first.
     """
+    if timeout is None:
+        return await _read_body(scope, receive, limit)
+    try:
+        with anyio.fail_after(timeout):
+            return await _read_body(scope, receive, limit)
+    except TimeoutError:
+        raise RequestError(
+            f"the request body did not arrive within {timeout:g}s", status=408, code="request_timeout"
+        ) from None
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
@@ -212,10 +227,16 @@ def retry_after_headers(exc: SiraError) -> Headers:
 
 
 async def send_json(scope: Scope, send: Send, status: int, body: bytes, headers: Headers | None = None) -> None:
-    """Send a whole JSON answer: ``content-type``, ``x-request-id``, ``headers``, ``content-length``."""
+    """Send a whole JSON answer: ``content-type``, ``x-request-id``, ``headers``, ``content-length``.
+
+    A 408 also says ``connection: close`` (RFC 9110 §15.5.9), so the server drops a connection whose
+    client was too slow to send its body instead of reading the rest of it.
+    """
     head = [_JSON, (b"x-request-id", scope.get("sira.request_id", "").encode())]
     if headers:
         head.extend(headers)
+    if status == 408:
+        head.append((b"connection", b"close"))
     head.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})

@@ -92,7 +92,7 @@ class Messages(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
+        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
         request = decode_messages(body, cache_control=self.plugin.config.cache_control)
         info = request_info(scope, "anthropic")
         if not request.stream:
@@ -138,7 +138,7 @@ class CountTokens(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
+        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
         request = decode_messages(body, count_only=True, cache_control=self.plugin.config.cache_control)
         info = request_info(scope, "anthropic")
 

@@ -65,7 +65,7 @@ class _Endpoint(Endpoint["OpenAISurfacePlugin"]):
 class ChatCompletions(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
+        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
         request = decode_chat(body)
         info = request_info(scope, "openai")
         if not request.stream:
@@ -104,7 +104,7 @@ class ChatCompletions(_Endpoint):
 class Embeddings(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes)
+        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
         request = decode_embeddings(body)
         info = request_info(scope, "openai")
         response = await unless_disconnected(receive, lambda: kernel.pipeline.embed(request, info))
