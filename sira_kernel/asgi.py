@@ -145,6 +145,24 @@ def build_apps(
     return apps
 
 
+def _head_size(scope: Scope) -> int:
+    """Bytes of the request target and headers (uvicorn with httptools accepts any size)."""
+    size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+    for name, value in scope["headers"]:
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
+
+
+async def _head_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1009})
+        return
+    response = json_error(431, f"the request target and headers are larger than {limit} bytes",
+                          "request_header_fields_too_large")
+    response.headers["connection"] = "close"
+    await response(scope, receive, send)
+
+
 class KernelApp:
     """The ASGI application uvicorn serves: kernel lifespan plus dispatch to the current snapshot.
 
@@ -175,6 +193,9 @@ class KernelApp:
         request_id = next_request_id()
         scope["sira.request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        if kind in ("http", "websocket") and _head_size(scope) > kernel.config.limits.max_header_bytes:
+            await _head_too_large(scope, receive, send, kernel.config.limits.max_header_bytes)
+            return
         listener = self.listener
         if self.admin_ports:
             server = scope.get("server")

@@ -105,6 +105,8 @@ class LimitsConfig(_Section):
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     body_timeout: Seconds = 60.0
     """How long a client may take to send a whole request body (408 after)."""
+    max_header_bytes: PositiveInt = 32 * 1024
+    """Largest request target plus headers (431 above it, on both listeners)."""
     max_n: PositiveInt = 8
     max_tokens: PositiveInt = 131_072
     max_messages: PositiveInt = 4096
