@@ -55,6 +55,7 @@ from ._budgets import SCOPE_NAMES, Budget, period_bounds
 from ._keys import LINEAGE, display_prefix, generate_key, lineage
 from ._policy import Actor, Denied, check_key_grant, check_limits_within, role_within
 from ._schema import (
+    ID_PATTERN,
     Invalid,
     KeyCreate,
     KeyUpdate,
@@ -146,6 +147,13 @@ class AdminPaths:
         return any(pattern.match(path) for pattern in self._patterns)
 
 
+def _path_id(request: Request) -> str | None:
+    """The ``{object_id}`` of the path when it is an id (anything else, an API key pasted there say,
+    is not written to the audit log)."""
+    value = request.path_params.get("object_id")
+    return value if isinstance(value, str) and ID_PATTERN.match(value) else None
+
+
 class Call:
     """One admin request being handled: the caller, the request, and what the audit entry says."""
 
@@ -154,7 +162,7 @@ class Call:
         self.actor = actor
         self.action = action
         self.target_type = target_type
-        self.target_id: str | None = request.path_params.get("object_id")
+        self.target_id: str | None = _path_id(request)
         self.tenant_id: str | None = actor.home_tenant
         self.details: dict[str, Any] = {}
         self.now = time.time()
@@ -215,7 +223,7 @@ def register_admin(register: RouteRegistrar, plugin: AuthKeysPlugin, prefix: str
         info = request_info(request.scope, "admin")
         entry = AuditEntry(
             id=new_id("aud"), at=time.time(), actor=actor_id, action=action, target_type=target_type,
-            target_id=call.target_id if call else request.path_params.get("object_id"),
+            target_id=call.target_id if call else _path_id(request),
             tenant_id=call.tenant_id if call else None, client=info.client, request_id=info.request_id or None,
             outcome=outcome, details=call.details if call else {},
         )

@@ -40,10 +40,12 @@ __all__ = [
 T = TypeVar("T")
 MAX_BODY_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4096
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+ID_PATTERN = re.compile(r"^(?!sk-)[A-Za-z0-9_-]{1,64}\Z")
+"""An object id. Never one starting with ``sk-``: that is an API key pasted where its id belongs,
+and it must not be echoed in the error or stored in the audit log."""
 
 # \Z, not $: "$" also matches before a trailing newline.
-Id = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]
+Id = Annotated[str, msgspec.Meta(pattern=r"^(?!sk-)[A-Za-z0-9_-]{1,64}\Z")]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._:@+-]{0,127}\Z")]
 Email = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})+\Z")]
 Model = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}\Z")]
@@ -211,6 +213,8 @@ def decode(body: bytes, struct: type[T]) -> T:
 
 def check_id(value: str | None, field: str) -> str:
     """A path or query parameter that must be an id."""
+    if value is not None and value.startswith("sk-"):
+        raise Invalid(f"{field}: that is an API key, not an id: never send a key in a URL or a field", field)
     if value is None or not ID_PATTERN.match(value):
         raise Invalid(f"{field}: expected an id (1-64 letters, digits, '_' or '-')", field)
     return value
