@@ -101,6 +101,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _key_id(value: str) -> str:
+    if value.startswith("sk-"):  # a key pasted for its id: it must not travel in a URL (nor be echoed)
+        raise argparse.ArgumentTypeError("that is an API key, not a key id: use the id 'sira keys list' shows")
     if not _ID.match(value):
         raise argparse.ArgumentTypeError("a key id is 1-64 letters, digits, '_' or '-'")
     return value
