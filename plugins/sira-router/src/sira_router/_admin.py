@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from sira_kernel import AuthenticationFailed, ChatRequest, ConfigError, Principal
+from sira_kernel import AuthenticationFailed, AuthorizationDenied, ChatRequest, ConfigError, Principal
 from sira_kernel.admin import ADMIN_ROLE
 from sira_kernel.asgi import json_error
 from sira_kernel.surface import request_info
@@ -87,10 +87,12 @@ def register_admin(
             if kernel is None:
                 return json_error(503, "the router is not running", "plugin_unavailable", "server_error")
             if not _is_admin(request.scope.get("sira.principal")):  # the admin listener's guard sets it
+                snap, info = kernel.snapshot, request_info(request.scope, "admin")
                 try:
-                    principal = await kernel.pipeline.authenticate(kernel.snapshot, request_info(request.scope,
-                                                                                                  "admin"))
-                except AuthenticationFailed as exc:
+                    principal = await kernel.pipeline.authenticate(snap, info)
+                    # as the admin guard does: a deny vote (a key's allowed_routes…) applies here too
+                    await kernel.pipeline.authorize(snap, principal, info, "admin", None)
+                except (AuthenticationFailed, AuthorizationDenied) as exc:
                     return json_error(exc.status, exc.message, exc.code, exc.error_type)
                 if not _is_admin(principal):
                     return json_error(403, "the router admin API needs the master key", "permission_denied",
