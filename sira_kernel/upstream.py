@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from .registrations import ProviderRegistrar
 
 __all__ = [
+    "ERROR_BODY_LIMIT",
     "MAX_MESSAGE",
     "Deadlines",
     "StatusErrorMapper",
