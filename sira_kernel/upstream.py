@@ -5,7 +5,8 @@ error bodies look like and which kernel error each status maps to.
 * :class:`Upstream`: one pooled ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``
   (opened in the plugin's lifespan) and every exchange with it: requests go straight to the
   transport; the kernel's deadlines (:class:`~sira_kernel.providers.CallContext`, tightened by the
-  plugin's own timeouts) are anyio cancel scopes that never span a ``yield``; reads are bounded by
+  plugin's own timeouts) are enforced without spanning a ``yield`` (one timer per stream phase, not
+  one per read); reads are bounded by
   ``max_response_bytes``; a finished stream is drained so its connection returns to the pool; every
   exit path closes the response; failures become the kernel's ``ProviderError`` tree.
 * :class:`UpstreamProvider`: a base class giving an adapter that owns an :class:`Upstream` its
@@ -34,6 +35,7 @@ A minimal adapter::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import ssl
@@ -285,6 +287,55 @@ class StreamCodec(Protocol[P]):
 # -- the upstream -----------------------------------------------------------------------------------
 
 
+class _ReadDeadline:
+    """The deadline of a stream's reads, with one timer per phase instead of one per read.
+
+    A cancel scope per read costs a timer and its cancellation for every chunk (several µs each,
+    more than parsing the chunk); a stream has only two deadlines (first token, then the whole
+    answer). The timer cancels the reading task only while it is inside a read; a deadline that
+    passes while the consumer holds an event is noticed before the next read. ``caught`` turns the
+    timer's own cancellation into a timeout and lets any other cancellation through.
+    """
+
+    __slots__ = ("_cancelled", "_handle", "_loop", "_task", "expired", "reading")
+
+    def __init__(self, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._cancelled = False
+        self.expired = False
+        self.reading = False
+        self.rearm(deadline)
+
+    def rearm(self, deadline: float) -> None:
+        """Move the deadline (``anyio.current_time()`` is the loop's clock on asyncio)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self._loop.call_at(deadline, self._fire)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self.expired = True
+        if self.reading and self._task is not None:
+            self._cancelled = True
+            self._task.cancel()
+
+    def caught(self, exc: BaseException) -> bool:
+        """True when ``exc`` is this deadline's own cancellation (now absorbed)."""
+        if not (self._cancelled and isinstance(exc, asyncio.CancelledError)):
+            return False
+        self._cancelled = False
+        assert self._task is not None
+        # Another cancellation arrived too (the client left, the plugin unloads): let it through.
+        return self._task.uncancel() == 0
+
+
 class Upstream:
     """One upstream's pooled client and every exchange with it, for the provider ``owner``.
 
@@ -499,19 +550,28 @@ class Upstream:
             failure: ProviderError | None = None
             limit = ctx.max_response_bytes
             received = 0
-            read_deadline, waited, what = first_deadline, first, "first token"
+            waited, what = first, "first token"
             chunks = _body(response)
+            watchdog = _ReadDeadline(first_deadline)
             try:
                 while True:
                     raw: bytes | None = None
-                    with anyio.CancelScope(deadline=read_deadline) as scope:
+                    timed_out = watchdog.expired
+                    if not timed_out:
+                        watchdog.reading = True
                         try:
                             raw = await chunks.__anext__()
                         except StopAsyncIteration:
                             pass
-                        except Exception as exc:  # any failure to read from the upstream is the upstream's
-                            failure = self._transport_error(exc)
-                    if scope.cancelled_caught:
+                        except BaseException as exc:
+                            if not watchdog.caught(exc):
+                                if not isinstance(exc, Exception):
+                                    raise
+                                failure = self._transport_error(exc)  # a failed read is the upstream's
+                            timed_out = watchdog.expired
+                        finally:
+                            watchdog.reading = False
+                    if timed_out:
                         failure = ProviderTimeout(
                             f"{self.label} sent no {what} within {waited:g}s", provider=self._owner.name
                         )
@@ -527,8 +587,9 @@ class Upstream:
                         failure = self._too_large(limit)
                         break
                     events = parser.feed(raw)
-                    if parser.started and read_deadline != deadline:
-                        read_deadline, waited, what = deadline, total, "complete answer"
+                    if parser.started and what != "complete answer":
+                        watchdog.rearm(deadline)
+                        waited, what = total, "complete answer"
                     for event in events:
                         yield event
                     if parser.failure is not None:
@@ -538,6 +599,7 @@ class Upstream:
                         await self._drain(chunks, deadline)
                         break
             finally:
+                watchdog.disarm()
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     await chunks.aclose()
             if failure is not None:
