@@ -31,6 +31,7 @@ event and an error. ``sira_api_openai`` is the example to read: three endpoints 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Generic, ParamSpec, Protocol, TypeVar
@@ -161,38 +162,51 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _Watch:
+    """Watches ``receive`` for the client going away, from a plain asyncio task.
+
+    A task group per request would do the same at several times the cost (and anyio delivers the
+    cancellation of a watcher blocked in ``receive`` over several loop iterations). The watcher only
+    cancels ``scope``; what was cancelled is then the caller's to judge.
+    """
+
+    __slots__ = ("finished", "gone", "scope", "task")
+
+    def __init__(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+        self.gone = False
+        self.finished = False
+        self.task = asyncio.ensure_future(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    # Servers also report a disconnect once the response is complete.
+                    self.gone = not self.finished
+                    self.scope.cancel()
+                    return
+        except Exception:  # a receive that fails has nothing more to tell
+            return
+
+    def stop(self) -> None:
+        self.task.cancel()
+
+
 async def unless_disconnected(receive: Receive, call: Callable[[], Awaitable[T]]) -> T:
     """Await ``call()``; if the client disconnects first, cancel it (and the upstream call with it).
 
     Raises :class:`ClientGone` when the client went away, and the call's own exception as it was
-    raised (not wrapped in an ``ExceptionGroup`` by the task group that watches the client). Use it
-    after the body was read: the watcher consumes ``receive``.
+    raised. Use it after the body was read: the watcher consumes ``receive``.
     """
-    gone = False
-    error: Exception | None = None
-    result: T
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            nonlocal gone
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone = True
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch)
+    with anyio.CancelScope() as scope:
+        watch = _Watch(receive, scope)
         try:
-            result = await call()
-        except Exception as exc:  # re-raised below, so that it is not wrapped in an ExceptionGroup
-            error = exc
-        tg.cancel_scope.cancel()
-    if gone:
-        raise ClientGone
-    if error is not None:
-        raise error
-    return result
+            return await call()
+        finally:
+            watch.stop()
+    raise ClientGone  # only reached when the watcher cancelled the call
 
 
 # -- headers -----------------------------------------------------------------------------------------
@@ -274,36 +288,24 @@ async def relay_stream(
     to write to it, ``OSError``) before then, the writer is cancelled. Either way ``stream`` is closed
     with ``client_gone`` set accordingly (the usage record says 499), and that is what this returns.
     A disconnect reported after the last byte is not the client going away: servers report one
-    when the response is complete. The writer's own exception is re-raised unwrapped, once the
-    stream is closed.
+    when the response is complete. The writer's own exception is re-raised once the stream is closed.
     """
     client_gone = False
-    finished = False
     error: Exception | None = None
     try:
-        async with anyio.create_task_group() as tg:
-
-            async def watch_disconnect() -> None:
-                nonlocal client_gone
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        client_gone = not finished
-                        tg.cancel_scope.cancel()
-                        return
-
-            tg.start_soon(watch_disconnect)
-            # Caught here, inside the task group: once out of it, anyio has wrapped them in an
-            # ExceptionGroup that ``except OSError`` would not match.
+        with anyio.CancelScope() as scope:
+            watch = _Watch(receive, scope)
             try:
                 last = await write(*args, **kwargs)
-                finished = True
+                watch.finished = True
                 await send({"type": "http.response.body", "body": last, "more_body": False})
             except OSError:  # the server could not write: the client is gone
-                client_gone = not finished
+                client_gone = not watch.finished
             except Exception as exc:  # re-raised below, once the stream is closed
                 error = exc
-            tg.cancel_scope.cancel()
+            finally:
+                watch.stop()
+        client_gone = client_gone or watch.gone
     finally:
         await stream.aclose(client_gone=client_gone)
     if error is not None:
