@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+import anyio
 import httpx
 import pytest
 
@@ -138,12 +139,14 @@ class Case:
 
 #: The provider cases, in the matrix's column order.
 CASES: tuple[Case, ...] = (
-    Case("text", "text", "a non-streamed reply: one assistant choice with text, finish_reason stop"),
+    Case("text", "text", "a reply with text and finish_reason stop; a system message and several turns"),
     Case("stream", "stream", "StreamStart first and once, deltas, Finish after them, Usage last; same text as chat"),
     Case("tools", "tools", "one tool offered: one call with an id, the name and the arguments (chat and stream)"),
     Case("parallel_tools", "parallel tools", "two tools offered: two calls with distinct ids (chat and stream)"),
+    Case("tool_results", "tool results", "the calls and their results sent back are answered with text"),
     Case("streamed_tool_args", "streamed tool args",
          "streamed argument fragments reassemble to exactly the whole answer's JSON; id and name come first"),
+    Case("length", "max_tokens", "a reply cut by max_tokens finishes with length (chat and stream)"),
     Case("vision", "vision", "an image content part reaches the upstream and is answered"),
     Case("embeddings", "embeddings", "one vector per input, in order, of one dimension"),
     Case("usage", "usage", "prompt, completion and total tokens, consistent, equal in chat and stream"),
@@ -158,8 +161,10 @@ CASES: tuple[Case, ...] = (
     Case("timeout", "hang", "ProviderTimeout once the first-token timeout passes, not later (chat and stream)"),
     Case("slow_first_token", "silent stream", "headers then nothing: ProviderTimeout at the first-token timeout"),
     Case("reset", "reset", "a reset connection is ProviderUnavailable (chat and stream)"),
-    Case("mid_stream", "mid-stream failure", "a stream cut after it started ends with a StreamError, never silently"),
-    Case("disconnect", "disconnect releases", "closing a stream early closes the upstream stream and the lease"),
+    Case("mid_stream", "mid-stream failure",
+         "a stream cut (or an error event) after it started ends with a StreamError, never silently"),
+    Case("disconnect", "disconnect releases",
+         "closing a stream early, or giving up before its first token, releases the upstream and the lease"),
     Case("capabilities", "capabilities", "the declared capabilities and models are the provider's; undeclared refused"),
 )
 
@@ -226,6 +231,9 @@ class AdapterUnderTest:
     """The exact argument text the fake streams for those calls, which the streamed fragments must
     reassemble to byte for byte; None when the wire format carries arguments as objects (the
     adapter encodes them: then the streamed text must equal the non-streamed answer's)."""
+    stream_error: Fault | None = None
+    """A fault making the fake report an error inside a started stream, in its format's own way
+    (Anthropic's ``event: error``); None: only the dropped connection is tried."""
     events_before_text: int = 1
     """Stream events (chunks) the fake sends before the first text (for a drop after two texts)."""
     inject: Callable[[Fault, Any], str] = _enqueue
@@ -240,7 +248,7 @@ class AdapterUnderTest:
         """Why case ``key`` does not apply to this adapter, from its declarations (None: it does)."""
         caps = self.capabilities
         needs: dict[str, tuple[str, ...]] = {
-            "stream": ("stream",), "tools": ("tools",), "parallel_tools": ("tools",),
+            "stream": ("stream",), "tools": ("tools",), "parallel_tools": ("tools",), "tool_results": ("tools",),
             "streamed_tool_args": ("tools", "stream"), "vision": ("vision",), "embeddings": ("embeddings",),
             "json_mode": ("json_mode",), "mid_stream": ("stream",), "disconnect": ("stream",),
             "slow_first_token": ("stream",), "reassembly": ("stream",),
@@ -515,6 +523,29 @@ class ConformanceSuite(StreamSplitSuite):
         assert isinstance(choice.message.content, str) and choice.message.content
         assert choice.finish_reason == "stop"
         assert not choice.message.tool_calls
+        turns = [
+            Message(role="system", content="You are terse."),
+            Message(role="user", content="Hi"),
+            Message(role="assistant", content="Hello."),
+            Message(role="user", content="Say hello again"),
+        ]
+        again = await kernel.pipeline.chat(ChatRequest(model=self.adapter.chat_model, messages=turns), INFO)
+        assert again.choices[0].message.content and again.choices[0].finish_reason == "stop"
+
+    @case("length")
+    @pytest.mark.parametrize("mode", ["chat", "stream"])
+    async def test_max_tokens(self, kernel: Kernel, mode: str) -> None:
+        if mode == "stream" and not self.adapter.capabilities.stream:
+            pytest.skip(f"{self.adapter.name} declares stream=False")
+        request = self.request(LONG_TEXT, max_tokens=3, stream=mode == "stream")
+        if mode == "chat":
+            response = await kernel.pipeline.chat(request, INFO)
+            assert response.choices[0].finish_reason == "length"
+            assert response.choices[0].message.content
+        else:
+            events = await self.stream_events(kernel, request)
+            _check_order(events)
+            assert [e.reason for e in events if isinstance(e, Finish)] == ["length"]
 
     @case("stream")
     async def test_stream(self, kernel: Kernel) -> None:
@@ -564,6 +595,21 @@ class ConformanceSuite(StreamSplitSuite):
         assert [json.loads(arguments) for _, _, arguments in calls] == list(self.adapter.tool_arguments)
         ids = [call_id for call_id, _, _ in calls]
         assert all(ids) and len(set(ids)) == 2, f"tool call ids {ids}"
+
+    @case("tool_results")
+    async def test_tool_results_sent_back(self, kernel: Kernel) -> None:
+        question = Message(role="user", content="Weather and time in Paris?")
+        first = await kernel.pipeline.chat(ChatRequest(model=self.adapter.chat_model, messages=[question],
+                                                       tools=TOOLS), INFO)
+        calls = first.choices[0].message.tool_calls
+        assert calls and len(calls) == 2
+        results = [Message(role="tool", tool_call_id=call.id, content=f"result of {call.function.name}")
+                   for call in calls]
+        history = [question, first.choices[0].message, *results]
+        answer = await kernel.pipeline.chat(ChatRequest(model=self.adapter.chat_model, messages=history,
+                                                        tools=TOOLS), INFO)
+        choice = answer.choices[0]
+        assert choice.finish_reason == "stop" and isinstance(choice.message.content, str) and choice.message.content
 
     @case("streamed_tool_args")
     async def test_streamed_tool_arguments_match_the_whole(self, kernel: Kernel) -> None:
@@ -777,11 +823,17 @@ class ConformanceSuite(StreamSplitSuite):
     # -- streams that fail or are abandoned ---------------------------------------------------------
 
     @case("mid_stream")
-    async def test_mid_stream_failure(self, kernel: Kernel, upstream: Any) -> None:
+    @pytest.mark.parametrize("how", ["dropped", "error_event"])
+    async def test_mid_stream_failure(self, kernel: Kernel, upstream: Any, how: str) -> None:
+        fault = Fault(drop_after=self.adapter.events_before_text + 2)
+        if how == "error_event":
+            if self.adapter.stream_error is None:
+                pytest.skip(f"{self.adapter.name} gives no stream_error fault")
+            fault = self.adapter.stream_error
         full = await kernel.pipeline.chat(self.request(LONG_TEXT), INFO)
         full_text = full.choices[0].message.content
         assert isinstance(full_text, str)
-        text = self.prompt(LONG_TEXT, upstream, Fault(drop_after=self.adapter.events_before_text + 2))
+        text = self.prompt(LONG_TEXT, upstream, fault)
         events = await self.stream_events(kernel, self.request(text, stream=True))
         assert isinstance(events[0], StreamStart)
         error = events[-1]
@@ -789,7 +841,7 @@ class ConformanceSuite(StreamSplitSuite):
         assert error.status >= 500 and error.code
         assert not any(isinstance(e, Finish | Usage) for e in events), "a cut stream reported a normal end"
         partial = text_of(events)
-        assert partial and full_text.startswith(partial) and len(partial) < len(full_text), partial
+        assert full_text.startswith(partial) and len(partial) < len(full_text), partial
 
     @case("disconnect")
     async def test_disconnect_releases_the_upstream(self, kernel: Kernel, upstream: Any) -> None:
@@ -812,6 +864,17 @@ class ConformanceSuite(StreamSplitSuite):
             counts = f"open={upstream.open_streams}, aborted={upstream.aborted_streams}"
             assert released, f"the upstream stream was not released ({counts})"
             assert upstream.completed_streams == 0
+
+    @case("disconnect")
+    async def test_giving_up_before_the_first_token_releases_everything(self, kernel: Kernel, upstream: Any) -> None:
+        text = self.prompt("hello", upstream, Fault(hang=True))
+        with anyio.move_on_after(self.first_token_timeout / 2) as scope:
+            await kernel.pipeline.stream(self.request(text, stream=True), INFO)
+        assert scope.cancelled_caught, "the stream started although the upstream hangs"
+        self.assert_nothing_held(kernel)
+        if upstream is not None:
+            closed = await upstream.wait_until_async(lambda: upstream.connections_open == 0)
+            assert closed, f"{upstream.connections_open} upstream connection(s) still open"
 
     # -- declarations -------------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ from sira_provider_openai import OpenAIProviderPlugin
 from sira_kernel import Capabilities
 from sira_kernel.testing.conformance import AdapterUnderTest
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream
-from sira_kernel.testing.fake_gemini import FakeGeminiUpstream
+from sira_kernel.testing.fake_anthropic import Fault as AnthropicFault
+from sira_kernel.testing.fake_gemini import FakeGeminiUpstream, GeminiFault
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream
-from sira_kernel.testing.loopback import Fault, format_seconds
+from sira_kernel.testing.loopback import Fault, format_seconds, sse_event
 
 OPENAI_KEY = "sk-conformance-openai-0123456789"
 ANTHROPIC_KEY = "sk-ant-conformance-0123456789"
@@ -41,6 +42,17 @@ def mock_directives(fault: Fault, upstream: Any) -> str:
     return " " + "".join(parts)
 
 
+#: An OpenAI-format stream that starts, then reports an error in a chunk (as OpenAI-compatible
+#: servers do when they fail mid-answer) and ends without [DONE].
+OPENAI_STREAM_ERROR = b"".join(
+    sse_event(chunk)
+    for chunk in (
+        {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Echo:"}, "finish_reason": None}]},
+        {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}},
+    )
+)
+
 OPENAI = AdapterUnderTest(
     name="provider-openai",
     plugin=OpenAIProviderPlugin,
@@ -53,6 +65,7 @@ OPENAI = AdapterUnderTest(
     chat_model="gpt-4o-mini",
     embedding_model="text-embedding-3-small",
     capabilities=Capabilities(vision=True, embeddings=True),
+    stream_error=Fault(body=OPENAI_STREAM_ERROR, content_type="text/event-stream"),
     reasoning={},  # the reasoning fake reasons on every request (DeepSeek-style reasoning_content)
 )
 
@@ -64,6 +77,7 @@ ANTHROPIC = AdapterUnderTest(
     chat_model="claude-sonnet-4-5",
     capabilities=Capabilities(vision=True, json_mode=False),
     reasoning={"thinking": {"type": "enabled", "budget_tokens": 1024}},
+    stream_error=AnthropicFault(error_after=4, error_type="overloaded_error"),
     events_before_text=2,  # message_start, content_block_start
 )
 
@@ -80,6 +94,7 @@ GEMINI = AdapterUnderTest(
     capabilities=Capabilities(vision=True, embeddings=True),
     reasoning={"generationConfig": {"thinkingConfig": {"includeThoughts": True}}},
     tool_arguments_text=None,  # functionCall.args is an object: the adapter encodes it
+    stream_error=GeminiFault(error_after=2, status=503),
     events_before_text=0,  # every event carries a piece of the answer
 )
 
