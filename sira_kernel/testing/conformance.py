@@ -104,6 +104,7 @@ __all__ = [
     "FAULT_KINDS",
     "PNG_BASE64",
     "SURFACE_CASES",
+    "TABLES",
     "AdapterUnderTest",
     "Case",
     "ConformanceSuite",
@@ -145,7 +146,7 @@ CASES: tuple[Case, ...] = (
     Case("parallel_tools", "parallel tools", "two tools offered: two calls with distinct ids (chat and stream)"),
     Case("tool_results", "tool results", "the calls and their results sent back are answered with text"),
     Case("streamed_tool_args", "streamed tool args",
-         "streamed argument fragments reassemble to exactly the whole answer's JSON; id and name come first"),
+         "the fragments reassemble to exactly the JSON the upstream sent; the first carries id and name"),
     Case("length", "max_tokens", "a reply cut by max_tokens finishes with length (chat and stream)"),
     Case("vision", "vision", "an image content part reaches the upstream and is answered"),
     Case("embeddings", "embeddings", "one vector per input, in order, of one dimension"),
@@ -178,6 +179,7 @@ SURFACE_CASES: tuple[Case, ...] = (
     Case("mid_stream", "mid-stream failure", "a stream cut upstream raises in the SDK, never a silent truncation"),
 )
 
+#: The matrices by name: ``providers`` (the suite) and ``anthropic-surface``.
 TABLES: dict[str, tuple[Case, ...]] = {"providers": CASES, "anthropic-surface": SURFACE_CASES}
 
 
@@ -341,15 +343,17 @@ SYMBOLS = {"pass": "✓", "fail": "✗", "xfail": "✗ known", "skip": "–"}
 
 
 def render_matrix(matrix: Mapping[str, Mapping[str, str]], cases: Sequence[Case] = CASES) -> str:
-    """The markdown table of ``matrix`` (row → case key → outcome): ✓ passed, ✗ failed, "✗ known" a
-    known deviation (strict xfail), – not applicable (skipped)."""
+    """The markdown table of ``matrix`` (adapter → case key → outcome), one row per case and one
+    column per adapter: ✓ passed, ✗ failed, "✗ known" a known deviation
+    (strict xfail), – not applicable (skipped); the last column says what the case checks."""
+    adapters = sorted(matrix)
     lines = [
-        "| adapter | " + " | ".join(c.label for c in cases) + " |",
-        "|---|" + "---|" * len(cases),
+        "| case | " + " | ".join(f"`{a}`" for a in adapters) + " | what is checked |",
+        "|---|" + "---|" * len(adapters) + "---|",
     ]
-    for row in sorted(matrix):
-        cells = [SYMBOLS[matrix[row].get(c.key, "skip")] for c in cases]
-        lines.append(f"| `{row}` | " + " | ".join(cells) + " |")
+    for item in cases:
+        cells = [SYMBOLS[matrix[a].get(item.key, "skip")] for a in adapters]
+        lines.append(f"| {item.label} | " + " | ".join(cells) + f" | {item.checks} |")
     return "\n".join(lines) + "\n"
 
 
@@ -909,7 +913,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 when the tables in --doc differ")
     parser.add_argument("--doc", default="docs/providers.md", help="the document holding the tables")
     options, pytest_args = parser.parse_known_args(argv)
-    status = pytest.main([*(pytest_args or DEFAULT_PATHS), "-q", "-p", "no:cacheprovider"], plugins=[RECORDER])
+    # This module (and hypothesis) are imported already, too late for pytest to rewrite their asserts.
+    quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    status = pytest.main([*(pytest_args or DEFAULT_PATHS), "-q", "-p", "no:cacheprovider", *quiet], plugins=[RECORDER])
     doc = Path(options.doc)
     text = doc.read_text() if doc.exists() else ""
     updated = text
