@@ -56,6 +56,10 @@ class Principal(msgspec.Struct, kw_only=True):
     roles: tuple[str, ...] = ()
     allowed_models: tuple[str, ...] | None = None
     limits: tuple[LimitSpec, ...] = ()
+    max_output_tokens: int | None = None
+    """An output cap the pipeline enforces on this principal's chat requests (it lowers or sets
+    ``max_tokens``, shared between ``n`` choices). A plugin that reserves a budget on an estimate
+    of the output sets it to that estimate, so the estimate is a bound, not a guess."""
     priority: int = 1
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
 

@@ -72,6 +72,17 @@ def _interrupted(deployment: Deployment, lease: Lease, total_timeout: float) -> 
     )
 
 
+def _cap_output(request: ChatRequest, cap: int) -> None:
+    """Lower (or set) the request's output limit to ``cap`` tokens in all, shared by its choices."""
+    per_choice = max(1, cap // (request.n or 1))
+    limit = request.token_limit
+    if limit is None or limit > per_choice:
+        if request.max_completion_tokens is not None:
+            request.max_completion_tokens = per_choice
+        else:
+            request.max_tokens = per_choice
+
+
 async def _aclose(events: AsyncIterator[StreamEvent]) -> None:
     close = getattr(events, "aclose", None)
     if close is not None:
@@ -392,6 +403,8 @@ class Pipeline:
         record.principal, record.principal_kind = principal.id, principal.kind
         record.tenant, record.team = principal.tenant, principal.team
         await self.authorize(snap, principal, info, operation, model)
+        if principal.max_output_tokens is not None and isinstance(request, ChatRequest):
+            _cap_output(request, principal.max_output_tokens)
         route = await self.route(snap, request, principal, info)
         known = snap.route_table.info(model)
         wanted = "embedding" if operation == "embeddings" else "chat"

@@ -359,3 +359,25 @@ async def test_sira_route_sees_the_http_request() -> None:
         plain = RequestInfo(method="POST", path="/", headers={})
         await kernel.pipeline.chat(chat(), plain)
         assert plain.route == "first/fake-1; attempts=1"
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [({}, {"max_tokens": 100}), ({"max_tokens": 500}, {"max_tokens": 100}), ({"max_tokens": 40}, {"max_tokens": 40}),
+     ({"max_completion_tokens": 900}, {"max_completion_tokens": 100}), ({"n": 4}, {"max_tokens": 25})],
+)
+async def test_a_principal_output_cap_lowers_or_sets_the_request_limit(
+    fields: dict[str, Any], expected: dict[str, int]
+) -> None:
+    class Capped:
+        sira_api = 1
+
+        @hookimpl
+        def sira_authenticate(self, request: RequestInfo) -> Principal:
+            return Principal(id="capped", kind="key", max_output_tokens=100)
+
+    async with make_kernel({"capped": Capped, "fake": FakeProviderPlugin}) as kernel:
+        request = chat(**fields)
+        await kernel.pipeline.chat(request, INFO)
+        for field, value in expected.items():
+            assert getattr(request, field) == value

@@ -209,6 +209,9 @@ class KeyAuthenticator:
             id=principal_id, kind="key", tenant=record.tenant_id, team=record.team_id, roles=(role,),
             allowed_models=tuple(record.allowed_models) if record.allowed_models is not None else None,
             limits=tuple(specs), metadata={**record.metadata, "sira:key_id": record.id},
+            # A budget reserves estimate_completion_tokens of output; the kernel makes that a cap, so
+            # concurrent requests cannot spend past the budget by more than one reservation.
+            max_output_tokens=self.config.estimate_completion_tokens if budgets else None,
         )
         valid_until = now + self.config.refresh_interval
         if record.expires_at is not None:

@@ -14,9 +14,11 @@ is given back after ``hold_timeout``.
 
 **Spend from other workers.** ``spent`` starts from ``UsageStore.spend(scope, id, since=period
 start)`` (loaded before the first admission) and is refreshed from it periodically; spend only
-grows within a period, so the two views merge with ``max``. Within one process the budget is exact
-(at most one request's estimate over, when the actual cost exceeds its estimate); across
-processes, each can overshoot by what the others spent since its last refresh.
+grows within a period, so the two views merge with ``max``. Within one process the budget holds:
+a request's estimate bounds its cost, because the kernel caps the output of a budgeted key's
+requests at ``estimate_completion_tokens`` (``Principal.max_output_tokens``) and the prompt estimate
+is an upper bound; across processes, each can overshoot by what the others spent since its last
+refresh.
 
 **The estimate** is the PriceBook's cost of the request's prompt, taken as ``Content-Length / 4``
 tokens (the JSON body is an upper bound on the text in it), plus ``estimate_completion_tokens``

@@ -36,8 +36,10 @@ class AuthKeysConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     changing a team's limits reaches other workers within it; this worker sees its own changes at once)."""
     spend_refresh_interval: Seconds = 5.0
     """How often budget spend is re-read from the UsageStore (what other workers spent)."""
-    estimate_completion_tokens: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 512
-    """Completion tokens assumed when reserving a request's cost against a budget."""
+    estimate_completion_tokens: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 4096
+    """Output tokens reserved when a request is admitted against a budget, and the output cap the
+    kernel then enforces on requests of budgeted keys (``max_tokens`` is lowered or set to it, shared
+    by ``n`` choices), so the reservation bounds what the request can cost."""
     fallback_estimate_usd: Annotated[float, msgspec.Meta(ge=0, le=1_000)] = 0.0
     """Reserved per request when the model has no price (or no PriceBook is registered)."""
     default_rotation_grace: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] = 3_600.0
