@@ -8,7 +8,22 @@
 * :class:`ServerThread` serves a kernel over real HTTP on 127.0.0.1 (uvicorn in a background thread)
   so tests can use real clients (``httpx``, the ``openai`` SDK) against it, and run coroutines on
   the server's loop (``server.call(kernel.unload, "x")``).
-* ``sira_kernel.testing.fake_openai`` has a fake OpenAI-format upstream server.
+
+The modules beside it:
+
+* :mod:`~sira_kernel.testing.loopback`: ``LoopbackUpstream``, the machinery of every fake upstream
+  (a real HTTP server on loopback, recorded requests, queued faults, stream counters, fixtures);
+* :mod:`~sira_kernel.testing.fake_openai`, :mod:`~sira_kernel.testing.fake_anthropic`,
+  :mod:`~sira_kernel.testing.fake_gemini`: fake upstreams speaking OpenAI's, Anthropic's and
+  Gemini's wire formats, from documented, checked-in example exchanges;
+* :mod:`~sira_kernel.testing.providers`: what a provider adapter's tests share (fixtures, request and
+  stream helpers, byte-split strategies) and the suites ``UpstreamFailureSuite``,
+  ``StreamSplitSuite`` and ``ProviderPluginContract``;
+* :mod:`~sira_kernel.testing.conformance`: ``ConformanceSuite``, the suite every provider adapter
+  must pass through a real kernel, and the capability matrix it produces (``docs/providers.md``);
+* :mod:`~sira_kernel.testing.gateway`: end-to-end helpers (a standard gateway config, the usage
+  records a kernel publishes, a check that nothing is left held);
+* :mod:`~sira_kernel.testing.storage_contract`: the contract tests of storage backends.
 """
 
 from __future__ import annotations
