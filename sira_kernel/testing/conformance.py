@@ -177,6 +177,8 @@ SURFACE_CASES: tuple[Case, ...] = (
     Case("error", "upstream error",
          "429, 400, 503 upstream: the SDK's RateLimitError, BadRequestError, APIStatusError"),
     Case("mid_stream", "mid-stream failure", "a stream cut upstream raises in the SDK, never a silent truncation"),
+    Case("disconnect", "disconnect releases",
+         "the SDK leaving a stream early closes the upstream stream and every lease"),
 )
 
 #: The matrices by name: ``providers`` (the suite) and ``anthropic-surface``.

@@ -141,3 +141,17 @@ def test_mid_stream_failure_raises(client: anthropic.Anthropic, gateway: Gateway
                 pieces.append(piece)
             stream.get_final_message()
     assert pieces, "the stream failed before any text: not a mid-stream failure"
+
+
+@case("disconnect")
+def test_client_leaving_a_stream_releases_the_upstream(client: anthropic.Anthropic, gateway: Gateway) -> None:
+    adapter, upstream = gateway.adapter, gateway.upstream
+    messages = gateway.say(LONG_TEXT, Fault(chunk_delay=0.05))
+    with client.messages.stream(model=adapter.chat_model, max_tokens=500, messages=messages) as stream:
+        first = next(iter(stream.text_stream))
+    assert first
+    if upstream is not None:
+        assert upstream.wait_until(lambda: upstream.aborted_streams == 1 and upstream.open_streams == 0), (
+            f"the upstream stream was not released (open={upstream.open_streams}, aborted={upstream.aborted_streams})"
+        )
+        assert upstream.completed_streams == 0
