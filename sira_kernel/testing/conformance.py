@@ -154,7 +154,7 @@ CASES: tuple[Case, ...] = (
     Case("json_mode", "JSON mode", "response_format json_object is accepted and reaches the upstream"),
     Case("reasoning", "reasoning", "reasoning arrives as ReasoningDelta before the text, reasoning_content in chat"),
     Case("reassembly", "any byte split",
-         "any split of the recorded upstream stream parses like the whole (hypothesis)"),
+         "any split of the upstream's recorded streams (text, tools, reasoning; LF and CRLF) parses like the whole"),
     Case("rate_limited", "429", "ProviderRateLimited with the upstream's retry_after (chat and stream)"),
     Case("unavailable", "5xx", "500 and 503 are ProviderUnavailable, retryable (chat and stream)"),
     Case("rejected", "400", "ProviderRejected with status 400, not retryable (chat and stream)"),
@@ -712,21 +712,26 @@ class ConformanceSuite(StreamSplitSuite):
 
     @pytest.fixture
     def recorded(self, upstream: Any) -> list[bytes]:
-        """The upstream's stream bodies for a text and a parallel tool-call request, fetched with the
-        adapter's own ``stream_request`` (adapters over :mod:`sira_kernel.upstream`)."""
+        """The upstream's stream bodies for a text, a parallel tool-call and (when the adapter reasons
+        with its default fake) a reasoning request, fetched with the adapter's own ``stream_request``
+        (adapters over :mod:`sira_kernel.upstream`), each also with CRLF line ends."""
         adapter = self.adapter
-        plugin = adapter.plugin(validate_section(adapter.plugin.Config, dict(adapter.config(upstream)), "plugins"))
+        section = dict(adapter.config(upstream))
+        plugin = adapter.plugin(validate_section(adapter.plugin.Config, section, f"plugins.{adapter.name}"))
         [provider] = register_providers(plugin, adapter.name)
         if upstream is None or not hasattr(provider, "stream_request") or not hasattr(provider, "stream_parser"):
             pytest.skip(f"{adapter.name} has no upstream byte stream (no stream_request / stream_parser)")
-        self._parsing = (provider, call_context(adapter.chat_model))
+        ctx = call_context(adapter.chat_model)
+        self._parsing = (provider, ctx)
+        requests = [self.request(UNICODE_TEXT, stream=True), self.request("hi", tools=TOOLS, stream=True)]
+        if adapter.reasoning is not None and adapter.reasoning_upstream is None:
+            requests.append(self.request("Think first", stream=True, extra=dict(adapter.reasoning)))
         bodies = []
         with httpx.Client(timeout=10) as client:
-            for request in (self.request(UNICODE_TEXT, stream=True), self.request("hi", tools=TOOLS, stream=True)):
-                sent = provider.stream_request(request, call_context(adapter.chat_model))
-                response = client.send(sent)
+            for request in requests:
+                response = client.send(provider.stream_request(request, ctx))
                 assert response.status_code == 200, response.text
-                bodies.append(response.content)
+                bodies += [response.content, response.content.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")]
         return bodies
 
     def parse(self, chunks: Iterable[bytes]) -> Any:  # type: ignore[override]
@@ -821,9 +826,7 @@ class ConformanceSuite(StreamSplitSuite):
             pytest.skip(f"{self.adapter.name} declares stream=False")
         text = self.prompt("hello", upstream, Fault(reset=True))
         error = await self.failure(kernel, self.request(text, stream=mode == "stream"), mode)
-        assert type(error) is ProviderUnavailable or (
-            isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderTimeout)
-        ), repr(error)
+        assert isinstance(error, ProviderUnavailable) and not isinstance(error, ProviderTimeout), repr(error)
         assert error.retryable
 
     # -- streams that fail or are abandoned ---------------------------------------------------------
