@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -105,6 +106,7 @@ __all__ = [
     "PNG_BASE64",
     "SURFACE_CASES",
     "TABLES",
+    "WRITING",
     "AdapterUnderTest",
     "Case",
     "ConformanceSuite",
@@ -907,6 +909,8 @@ class ConformanceSuite(StreamSplitSuite):
 # -- the matrix generator ---------------------------------------------------------------------------
 
 DEFAULT_PATHS = ("tests/conformance", "examples/provider-acme/tests")
+#: Set while ``--write`` runs the suite: the committed tables are about to be replaced.
+WRITING = "SIRA_CONFORMANCE_WRITING"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -920,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     options, pytest_args = parser.parse_known_args(argv)
     # This module (and hypothesis) are imported already, too late for pytest to rewrite their asserts.
     quiet = ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+    if options.write:  # tests of the committed tables (tests/conformance/test_matrix.py) stand aside
+        os.environ[WRITING] = "1"
     status = pytest.main([*(pytest_args or DEFAULT_PATHS), "-q", "-p", "no:cacheprovider", *quiet], plugins=[RECORDER])
     doc = Path(options.doc)
     text = doc.read_text() if doc.exists() else ""

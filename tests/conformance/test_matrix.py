@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sira_kernel.testing.conformance import (
     CASES,
     SYMBOLS,
     TABLES,
+    WRITING,
     AdapterUnderTest,
     _combine,
     render_matrix,
@@ -47,6 +49,8 @@ def parse(block: str) -> dict[str, dict[str, str]]:
 
 @pytest.mark.parametrize("table", sorted(TABLES))
 def test_each_committed_table_is_as_the_suite_renders_it(table: str) -> None:
+    if os.environ.get(WRITING):
+        pytest.skip("the tables are being rewritten")
     block = committed(table)
     regenerate = "regenerate it: python -m sira_kernel.testing.conformance --write"
     assert render_matrix(parse(block), TABLES[table]) == block, regenerate
