@@ -537,7 +537,8 @@ class Upstream:
         try:
             if response.status_code >= 300:
                 raise await self.status_error(response, deadline)
-            if "json" in response.headers.get("content-type", ""):
+            media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media == "application/json" or media.endswith("+json"):  # a whole answer, not a stream
                 data = await self.read(response, deadline, ctx.max_response_bytes, total)
                 answer = codec.stream_json(data, ctx, parser)
                 if parser.failure is not None and not parser.started:

@@ -110,10 +110,6 @@ MOCK = AdapterUnderTest(
     events_before_text=0,
     inject=mock_directives,
     faults=frozenset({"status", "hang", "drop", "first_token_delay", "chunk_delay"}),
-    known_deviations={
-        "auth": "[mock:status=401] is a 502 with code upstream_rejected, not upstream_auth_failed "
-        "(sira_provider_mock._directives.error_for_status passes no code)",
-    },
 )
 
 ALL = (OPENAI, ANTHROPIC, GEMINI, MOCK)

@@ -135,7 +135,7 @@ def error_for_status(
         retry_after = 1.0 if retry_after is None else retry_after
         return ProviderRateLimited(message, provider=provider, retry_after=retry_after)
     if status in (401, 403):
-        return ProviderRejected(message, provider=provider, status=502)
+        return ProviderRejected(message, provider=provider, status=502, code="upstream_auth_failed")
     if status == 504:
         return ProviderTimeout(message, provider=provider)
     if status >= 500:
