@@ -56,11 +56,14 @@ from upstream_nginx import find_nginx, nginx_argv, write_config
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = ("direct", "passthrough", "sira")
+#: Optional: Sira with the router plugin in front (``--targets ...,sira-router``), to measure what the
+#: router adds over the kernel's default routing in the same run.
+EXTRA_TARGETS = ("sira-router",)
 SCENARIOS = ("nonstream", "stream", "ttft", "leak")
 
 SIRA_CONFIG = """\
 [kernel]
-plugins = ["api-openai", "provider-openai"]
+plugins = ["api-openai", "provider-openai"{extra_plugins}]
 
 [server]
 master_key = "{master_key}"
@@ -195,7 +198,8 @@ class Bench:
             config = self.tmp / f"sira-{port}.toml"
             config.write_text(
                 SIRA_CONFIG.format(
-                    master_key=MASTER_KEY, upstream=upstream.base_url, upstream_key=UPSTREAM_KEY, model=MODEL
+                    master_key=MASTER_KEY, upstream=upstream.base_url, upstream_key=UPSTREAM_KEY, model=MODEL,
+                    extra_plugins=', "router"' if name == "sira-router" else "",
                 )
             )
             argv = [*self.options.sira_cmd, "serve", "--config", str(config), "--host", "127.0.0.1"]
@@ -203,13 +207,13 @@ class Bench:
         process: Started | None = None
         target = Target(name, f"http://127.0.0.1:{port}/v1/chat/completions")
         try:
-            if name == "sira" and not shutil.which(self.options.sira_cmd[0]):
+            if name.startswith("sira") and not shutil.which(self.options.sira_cmd[0]):
                 target.unavailable = f"{self.options.sira_cmd[0]} not found"
             else:
                 process = self.procs.start(f"{name}-{port}", pinned(GATEWAY_CPU, argv))
                 target.process = process
                 try:
-                    if name == "sira":
+                    if name.startswith("sira"):
                         wait_http_ok(f"http://127.0.0.1:{port}/health/live", process)
                     else:
                         wait_tcp(port, process)
@@ -533,6 +537,12 @@ def floors(bench: Bench) -> list[Floor]:
             )
         )
     sira_rps = get("nonstream", "sira", many, "rps")
+    routed = get("nonstream", "sira-router", many, "rps")
+    if routed and sira_rps:
+        # The gateway's core is saturated at this load, so 1/req/s is its CPU time per request.
+        added_us = 1e6 / routed - 1e6 / sira_rps
+        out.append(Floor(f"nonstream: router adds (sira-router vs sira) at {many} clients", added_us, " us",
+                         "< 30 us", check(added_us, lambda v: v < 30)))
     out.append(
         Floor(
             f"nonstream: sira req/s at {many} clients", sira_rps, "", ">= 2,000", check(sira_rps, lambda v: v >= 2000)
@@ -666,7 +676,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
     sira = Path(sys.executable).parent / "sira"
     return Options(
         scenarios=names(args.scenarios, SCENARIOS),
-        targets=names(args.targets, TARGETS),
+        targets=names(args.targets, TARGETS + EXTRA_TARGETS),
         clients=ints(args.clients),
         streams=ints(args.streams),
         duration_s=args.duration or (2.0 if args.quick else 5.0),
