@@ -30,6 +30,11 @@ error is built, and provider response bodies are truncated.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import StreamError
+
 __all__ = [
     "AuthenticationFailed",
     "AuthorizationDenied",
@@ -84,6 +89,12 @@ class SiraError(Exception):
             self.status = status
         if code is not None:
             self.code = code
+
+    def stream_event(self) -> StreamError:
+        """This error as the ``StreamError`` event that ends a stream it interrupted."""
+        from .types import StreamError  # types has no imports from here: no cycle, only a late one
+
+        return StreamError(message=self.message, status=self.status, code=self.code, error_type=self.error_type)
 
 
 class ConfigError(SiraError):

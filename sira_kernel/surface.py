@@ -19,7 +19,7 @@ raised, back into the wire format. Everything between those two translations is 
   writer beside a disconnect watcher (the writer sends the head with :func:`start_event_stream`,
   then one body message per event, and returns the bytes that end the stream), then closes the
   :class:`~sira_kernel.pipeline.ChatStream` saying whether the client went away (a 499 in the usage
-  record); :func:`stream_error` is the event for an error raised once the stream started.
+  record); ``SiraError.stream_event()`` is the event for an error raised once the stream started.
 * :func:`request_id_header`, :func:`route_header` and :func:`retry_after_headers` build the headers
   answers carry: the request id (``send_json`` and ``start_event_stream`` send ``x-request-id``),
   where the pipeline sent the request (``x-sira-route``) and, on an error that says when to try
@@ -42,7 +42,6 @@ from .asgi import Receive, Scope, Send
 from .auth import RequestInfo
 from .errors import PayloadTooLarge, RequestError, SiraError
 from .hookspecs import hookimpl
-from .types import StreamError
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -66,7 +65,6 @@ __all__ = [
     "route_header",
     "send_json",
     "start_event_stream",
-    "stream_error",
     "unless_disconnected",
 ]
 
@@ -266,11 +264,6 @@ async def start_event_stream(scope: Scope, send: Send, headers: Headers | None =
     if headers:
         head.extend(headers)
     await send({"type": "http.response.start", "status": 200, "headers": head})
-
-
-def stream_error(exc: SiraError) -> StreamError:
-    """The :class:`~sira_kernel.types.StreamError` event for an error raised after a stream started."""
-    return StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
 
 
 async def relay_stream(

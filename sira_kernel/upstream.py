@@ -51,7 +51,7 @@ from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .hookspecs import hookimpl
 from .logs import REDACTED, redact
 from .providers import CallContext, Provider
-from .types import ChatRequest, StreamError, StreamEvent
+from .types import ChatRequest, StreamEvent
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -166,10 +166,6 @@ def request_headers(
         httpx.Headers({**headers, "accept": "application/json"}),
         httpx.Headers({**headers, "accept": "text/event-stream"}),
     )
-
-
-def _stream_error(failure: ProviderError) -> StreamError:
-    return StreamError(failure.message, failure.status, failure.code, failure.error_type)
 
 
 def _body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
@@ -546,7 +542,7 @@ class Upstream:
                 for event in answer:
                     yield event
                 if parser.failure is not None:
-                    yield _stream_error(parser.failure)
+                    yield parser.failure.stream_event()
                 return
             failure: ProviderError | None = None
             limit = ctx.max_response_bytes
@@ -606,7 +602,7 @@ class Upstream:
             if failure is not None:
                 if not parser.started:
                     raise failure
-                yield _stream_error(failure)
+                yield failure.stream_event()
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await response.aclose()

@@ -30,7 +30,6 @@ from sira_kernel.surface import (
     route_header,
     send_json,
     start_event_stream,
-    stream_error,
     unless_disconnected,
 )
 
@@ -122,7 +121,7 @@ class Messages(_Endpoint):
                     if data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
             except SiraError as exc:
-                return encoder.error(stream_error(exc), request_id)
+                return encoder.error(exc.stream_event(), request_id)
             except OSError:
                 raise
             except Exception:

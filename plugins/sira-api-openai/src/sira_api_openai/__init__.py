@@ -38,7 +38,6 @@ from sira_kernel.surface import (
     route_header,
     send_json,
     start_event_stream,
-    stream_error,
     unless_disconnected,
 )
 
@@ -95,7 +94,7 @@ class ChatCompletions(_Endpoint):
                     if isinstance(event, StreamError):
                         return b""
             except SiraError as exc:
-                return stream_error_line(stream_error(exc))
+                return stream_error_line(exc.stream_event())
         if guard.cancelled_caught:  # deadline passed, or the provider was unloaded past its drain timeout
             return stream_error_line(stream.interrupted())
         return DONE
