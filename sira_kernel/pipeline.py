@@ -104,6 +104,15 @@ def _apply_usage(record: UsageRecord, usage: Usage) -> None:
             record.cached_tokens = cached
 
 
+def _refusal(hook: str, plugin_id: str) -> SiraError:
+    """What a decision hook that failed or did not answer in time amounts to (fail closed)."""
+    if hook == "authenticate":
+        return AuthenticationFailed("authentication failed")
+    if hook == "authorize":
+        return AuthorizationDenied("authorization failed")
+    return ProviderUnavailable(f"routing failed in plugin {plugin_id!r}")
+
+
 class ChatStream:
     """A started chat stream: iterate it for events; always ``aclose()`` it (surfaces do).
 
@@ -154,7 +163,7 @@ class ChatStream:
         """The error event for a stream whose :meth:`guard` was cancelled (also recorded as the outcome)."""
         self._lease.attach(None)
         why = _interrupted(self.deployment, self._lease, self._pipeline.kernel.config.limits.total_timeout)
-        event = StreamError(message=why.message, status=why.status, code=why.code, error_type=why.error_type)
+        event = why.stream_event()
         self._failed = event
         return event
 
@@ -173,7 +182,7 @@ class ChatStream:
             except StopAsyncIteration:
                 return
             except ProviderError as exc:
-                event = StreamError(message=exc.message, status=exc.status, code=exc.code, error_type=exc.error_type)
+                event = exc.stream_event()
             except Exception as exc:
                 _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
                 event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
@@ -260,23 +269,32 @@ class Pipeline:
 
     # -- decision hooks -----------------------------------------------------------------------------
 
+    async def _ask(self, function: Callable[..., Any], plugin_id: str, hook: str, **kwargs: Any) -> Any:
+        """Call one decision-hook implementation and await its answer within ``limits.auth_timeout``.
+
+        The hook's own ``SiraError`` passes through; any other exception, or no answer in time, is
+        logged with the plugin's id and becomes the hook's refusal: decisions fail closed.
+        """
+        try:
+            answer = function(**kwargs)
+            if inspect.isawaitable(answer):
+                with anyio.fail_after(self.kernel.config.limits.auth_timeout):
+                    answer = await answer
+            return answer
+        except SiraError:
+            raise
+        except TimeoutError:
+            _log.error(f"pipeline.{hook}_timeout", plugin=plugin_id)
+            raise _refusal(hook, plugin_id) from None
+        except Exception:
+            _log.exception(f"pipeline.{hook}_failed", plugin=plugin_id)
+            raise _refusal(hook, plugin_id) from None
+
     async def authenticate(self, snap: Snapshot, info: RequestInfo) -> Principal:
         """First non-None principal in pluggy order; anything else (exception, no answer, an answer
         that takes longer than ``limits.auth_timeout``) is a 401."""
         for function, plugin_id in snap.authenticate:
-            try:
-                answer: Any = function(request=info)
-                if inspect.isawaitable(answer):
-                    with anyio.fail_after(self.kernel.config.limits.auth_timeout):
-                        answer = await answer
-            except AuthenticationFailed:
-                raise
-            except TimeoutError:
-                _log.error("pipeline.authenticate_timeout", plugin=plugin_id)
-                raise AuthenticationFailed("authentication failed") from None
-            except Exception:
-                _log.exception("pipeline.authenticate_failed", plugin=plugin_id)
-                raise AuthenticationFailed("authentication failed") from None
+            answer = await self._ask(function, plugin_id, "authenticate", request=info)
             if answer is not None:
                 if not isinstance(answer, Principal):
                     _log.error("pipeline.authenticate_bad_answer", plugin=plugin_id)
@@ -292,19 +310,9 @@ class Pipeline:
         allow: the admin guard's test for principals without the admin role)."""
         allowed = False
         for function, plugin_id in snap.authorize:
-            try:
-                vote: Any = function(principal=principal, request=info, operation=operation, model=model)
-                if inspect.isawaitable(vote):
-                    with anyio.fail_after(self.kernel.config.limits.auth_timeout):
-                        vote = await vote
-            except AuthorizationDenied:
-                raise
-            except TimeoutError:
-                _log.error("pipeline.authorize_timeout", plugin=plugin_id)
-                raise AuthorizationDenied("authorization failed") from None
-            except Exception:
-                _log.exception("pipeline.authorize_failed", plugin=plugin_id)
-                raise AuthorizationDenied("authorization failed") from None
+            vote = await self._ask(
+                function, plugin_id, "authorize", principal=principal, request=info, operation=operation, model=model
+            )
             if vote is False:
                 target = f" on model {model!r}" if model else ""
                 raise AuthorizationDenied(f"not allowed to {operation}{target}")
@@ -315,16 +323,11 @@ class Pipeline:
     async def route(
         self, snap: Snapshot, request: Any, principal: Principal, info: RequestInfo | None = None
     ) -> Route:
+        """First ``Route`` with deployments in pluggy order; a failing or hanging router is a 502."""
         for function, plugin_id in snap.route:
-            try:
-                answer: Any = function(request=request, principal=principal, routes=snap.route_table, info=info)
-                if inspect.isawaitable(answer):
-                    answer = await answer
-            except SiraError:
-                raise
-            except Exception:
-                _log.exception("pipeline.route_failed", plugin=plugin_id)
-                raise ProviderUnavailable(f"routing failed in plugin {plugin_id!r}") from None
+            answer = await self._ask(
+                function, plugin_id, "route", request=request, principal=principal, routes=snap.route_table, info=info
+            )
             if answer is not None:
                 if not answer.deployments:
                     break

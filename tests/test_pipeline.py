@@ -381,3 +381,17 @@ async def test_a_principal_output_cap_lowers_or_sets_the_request_limit(
         await kernel.pipeline.chat(request, INFO)
         for field, value in expected.items():
             assert getattr(request, field) == value
+
+
+async def test_a_router_that_hangs_is_bounded_like_auth() -> None:
+    class Hanging:
+        sira_api = 1
+
+        @hookimpl
+        async def sira_route(self, request: Any) -> Any:
+            await anyio.sleep_forever()
+
+    async with make_kernel({"hang": Hanging, "fake": FakeProviderPlugin}, {"limits": {"auth_timeout": 0.1}}) as kernel:
+        with anyio.fail_after(5), pytest.raises(ProviderUnavailable, match="routing failed in plugin 'hang'"):
+            await kernel.pipeline.chat(chat(), INFO)
+        assert_nothing_held(kernel)
