@@ -42,7 +42,7 @@ from .hookspecs import hookimpl  # noqa: E402
 from .kernel import HealthReport, Kernel  # noqa: E402
 from .pipeline import ChatStream  # noqa: E402
 from .plugins import Lease, PluginInfo, PluginState  # noqa: E402
-from .providers import CallContext, Capabilities, Provider  # noqa: E402
+from .providers import CallContext, Capabilities, EventBatches, Provider  # noqa: E402
 from .registrations import Tool  # noqa: E402
 from .routing import Deployment, Route, RouteTable  # noqa: E402
 from .scheduler import ConcurrencyPool, CounterBackend, InProcessCounters, Reservation, Scheduler  # noqa: E402
@@ -88,6 +88,7 @@ __all__ = [
     "EmbeddingData",
     "EmbeddingRequest",
     "EmbeddingResponse",
+    "EventBatches",
     "Finish",
     "HealthReport",
     "InProcessCounters",

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .events import Attempt, UsageRecord
 from .logs import get_logger
-from .providers import CallContext, Provider
+from .providers import CallContext, EventBatches, Provider
 from .routing import AttemptPlan, Deployment, Route, SingleAttempt
 from .scheduler import Reservation
 from .types import (
@@ -168,26 +168,54 @@ class ChatStream:
         return event
 
     async def _iterate(self) -> AsyncIterator[StreamEvent]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[StreamEvent]]:
+        """The events in batches: those that arrived from the upstream together (one read) come out
+        in one list, so a surface can send them to the client in one write. The first batch starts
+        with ``StreamStart``; a ``StreamError`` ends its batch and the stream. A provider that does
+        not batch (its ``stream`` is no :class:`EventBatches`) gives one event per batch.
+        """
         if self._first is not None:
             first, self._first = self._first, None
-            yield first
+            events = self._events
+            batch = [first, *events.take_pending()] if isinstance(events, EventBatches) else [first]
+            end = self._note(batch)
+            yield batch[:end] if end else batch
+            if end:
+                return
         events = self._events
-        call = self._call
-        record = call.record
+        batched = events if isinstance(events, EventBatches) else None
         while True:
-            # No cancel scope per event (they cost more than relaying the event): the consumer holds
-            # one for the whole stream with :meth:`guard`, which the lease and the deadline cancel.
+            # No cancel scope per batch (they cost more than relaying it): the consumer holds one for
+            # the whole stream with :meth:`guard`, which the lease and the deadline cancel.
             try:
-                event = await events.__anext__()
+                batch = await batched.next_batch() if batched is not None else [await events.__anext__()]
             except StopAsyncIteration:
                 return
             except ProviderError as exc:
-                event = exc.stream_event()
+                batch = [exc.stream_event()]
             except Exception as exc:
                 _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
-                event = StreamError(message=f"upstream stream failed: {type(exc).__name__}")
-            if record.ttft_ms is None and not isinstance(event, StreamStart):
-                record.ttft_ms = (time.perf_counter() - call.started) * 1000
+                batch = [StreamError(message=f"upstream stream failed: {type(exc).__name__}")]
+            if batch:
+                end = self._note(batch)
+                if end:
+                    yield batch[:end]
+                    return
+                yield batch
+
+    def _note(self, batch: list[StreamEvent]) -> int:
+        """Account for ``batch``; the length of the batch up to a ``StreamError`` in it, else 0."""
+        record = self._call.record
+        if record.ttft_ms is None:
+            for event in batch:
+                if not isinstance(event, StreamStart):
+                    record.ttft_ms = (time.perf_counter() - self._call.started) * 1000
+                    break
+        for index, event in enumerate(batch):
             if isinstance(event, TextDelta | ReasoningDelta):
                 self._pieces.append(event.text)
             elif isinstance(event, ToolCallDelta):
@@ -196,9 +224,8 @@ class ChatStream:
                 self.usage = event
             elif isinstance(event, StreamError):
                 self._failed = event
-                yield event
-                return
-            yield event
+                return index + 1
+        return 0
 
     async def aclose(self, client_gone: bool = False) -> None:
         """End the stream: close the provider's iterator, settle capacity, publish usage once."""

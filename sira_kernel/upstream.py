@@ -50,7 +50,7 @@ from httpx_aiohttp import AiohttpTransport
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .hookspecs import hookimpl
 from .logs import REDACTED, redact
-from .providers import CallContext, Provider
+from .providers import CallContext, EventBatches, Provider
 from .types import ChatRequest, StreamEvent
 
 if TYPE_CHECKING:
@@ -246,12 +246,12 @@ class StreamParser(Protocol):
     failure: ProviderError | None
 
     def feed(self, raw: bytes) -> list[StreamEvent]:
-        """The events ``raw`` completes."""
+        """The events ``raw`` completes, in a new list (it is handed on as one batch)."""
         ...
 
     def end(self) -> list[StreamEvent]:
-        """The body ended before ``done``: the events still owed, or ``failure`` set when the answer
-        was cut short."""
+        """The body ended before ``done``: the events still owed (a new list), or ``failure`` set
+        when the answer was cut short."""
         ...
 
 
@@ -516,16 +516,20 @@ class Upstream:
             status, response.headers, body[:ERROR_BODY_LIMIT], provider=self._owner.name, secrets=self.secrets
         )
 
-    async def stream(
-        self, codec: StreamCodec[P], request: ChatRequest, ctx: CallContext
-    ) -> AsyncGenerator[StreamEvent, None]:
+    def stream(self, codec: StreamCodec[P], request: ChatRequest, ctx: CallContext) -> EventBatches:
         """Stream ``request`` as kernel events: what an adapter's ``stream`` returns.
 
         Errors before ``StreamStart`` are raised, later ones end the stream with a ``StreamError``.
         Until the stream started the first-token deadline applies, then the total one. Closing the
         iterator closes the upstream response; a stream that reached its end marker is drained
-        first so the connection goes back to the pool.
+        first so the connection goes back to the pool. The events parsed from one upstream read
+        come out together from :meth:`EventBatches.next_batch`.
         """
+        return EventBatches(self._batches(codec, request, ctx))
+
+    async def _batches(
+        self, codec: StreamCodec[P], request: ChatRequest, ctx: CallContext
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         http_request = codec.stream_request(request, ctx)
         parser = codec.stream_parser(ctx)
         first, first_deadline, total, deadline = self.deadlines(ctx)
@@ -539,10 +543,9 @@ class Upstream:
                 answer = codec.stream_json(data, ctx, parser)
                 if parser.failure is not None and not parser.started:
                     raise parser.failure
-                for event in answer:
-                    yield event
                 if parser.failure is not None:
-                    yield parser.failure.stream_event()
+                    answer = [*answer, parser.failure.stream_event()]
+                yield answer
                 return
             failure: ProviderError | None = None
             limit = ctx.max_response_bytes
@@ -575,8 +578,9 @@ class Upstream:
                     if failure is not None:
                         break
                     if raw is None:  # the body ended before the end marker
-                        for event in parser.end():
-                            yield event
+                        ended = parser.end()
+                        if ended:
+                            yield ended
                         failure = parser.failure
                         break
                     received += len(raw)
@@ -587,8 +591,8 @@ class Upstream:
                     if parser.started and what != "complete answer":
                         watchdog.rearm(deadline)
                         waited, what = total, "complete answer"
-                    for event in events:
-                        yield event
+                    if events:
+                        yield events
                     if parser.failure is not None:
                         failure = parser.failure
                         break
@@ -602,7 +606,7 @@ class Upstream:
             if failure is not None:
                 if not parser.started:
                     raise failure
-                yield failure.stream_event()
+                yield [failure.stream_event()]
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await response.aclose()

@@ -21,8 +21,15 @@ import pytest
 from sira_kernel.testing import ServerThread, make_kernel
 from sira_kernel.testing.fake_anthropic import FakeAnthropicUpstream
 from sira_kernel.testing.fake_anthropic import Fault as AnthropicFault
-from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
-from sira_kernel.testing.gateway import MASTER_KEY, UPSTREAM_KEY, UsageLog, assert_nothing_held, gateway_config
+from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault, chunk_event, error_event
+from sira_kernel.testing.gateway import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    UsageLog,
+    assert_nothing_held,
+    gateway_config,
+    http_chunks,
+)
 
 HELLO = [{"role": "user", "content": "Hello gateway"}]
 TOOLS: list[Any] = [
@@ -101,6 +108,27 @@ def _kinds(events: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 
 # -- text ----------------------------------------------------------------------------------------------
+
+
+def test_events_that_arrive_together_go_out_in_one_write(gateway: ServerThread, upstream: FakeOpenAIUpstream,
+                                                        usage: UsageLog) -> None:
+    upstream.reset()
+    usage.take()
+    body = {"model": "gpt-4o-mini", "max_tokens": 100, "stream": True,
+            "messages": [{"role": "user", "content": "one two three four five"}]}
+    upstream.enqueue(Fault(together=True))  # the whole answer in one upstream write
+    chunks = http_chunks(gateway.base_url, "/v1/messages", body)
+    # message_start and every delta in one body message, then the end (message_delta, message_stop)
+    assert len(chunks) == 2, [c[:60] for c in chunks]
+    events = _sse(b"".join(chunks).decode())
+    assert _kinds(events) == ["message_start", "content_block_start", "content_block_delta", "content_block_stop",
+                              "message_delta", "message_stop"]
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert text == "Echo: one two three four five"
+    [record] = usage.wait(1)
+    assert record.status == 200 and record.stream
+    assert_nothing_held(gateway)
+
 
 
 def test_text_non_stream(client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog) -> None:
@@ -407,6 +435,23 @@ def test_mid_stream_drop_raises_instead_of_truncating(
                 received.append(text)
     assert received  # some text made it before the error, then the error was not swallowed
     assert err.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    [record] = usage.wait(1)
+    assert record.status >= 500 and record.stream
+
+
+def test_error_in_the_same_read_as_text_comes_after_the_text(
+    client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog
+) -> None:
+    upstream.enqueue(Fault(body=chunk_event({"role": "assistant", "content": ""}) + chunk_event({"content": "Hel"})
+                           + chunk_event({"content": "lo"}) + error_event("the model crashed", code="boom")))
+    received = []
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with client.messages.stream(model="gpt-4o-mini", max_tokens=100,
+                                    messages=[{"role": "user", "content": "hi"}]) as stream:
+            for text in stream.text_stream:
+                received.append(text)
+    assert "".join(received) == "Hello"
+    assert "the model crashed" in err.value.body["error"]["message"]  # type: ignore[index]
     [record] = usage.wait(1)
     assert record.status >= 500 and record.stream
 

@@ -14,8 +14,15 @@ import openai
 import pytest
 
 from sira_kernel.testing import ServerThread, make_kernel
-from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
-from sira_kernel.testing.gateway import MASTER_KEY, UPSTREAM_KEY, UsageLog, assert_nothing_held, gateway_config
+from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault, chunk_event, error_event
+from sira_kernel.testing.gateway import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    UsageLog,
+    assert_nothing_held,
+    gateway_config,
+    http_chunks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +94,48 @@ def test_stream_arrives_chunk_by_chunk(client: openai.OpenAI, upstream: FakeOpen
     [record] = usage.wait(1)
     assert record.stream and record.status == 200 and record.completion_tokens == 13
     assert record.ttft_ms is not None
+
+
+def test_events_that_arrive_together_go_out_in_one_write(gateway: ServerThread, upstream: FakeOpenAIUpstream,
+                                                        usage: UsageLog) -> None:
+    upstream.reset()
+    usage.take()
+    words = " ".join(f"w{i}" for i in range(10))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": words}], "stream": True,
+            "stream_options": {"include_usage": True}}
+    upstream.enqueue(Fault(together=True))  # the whole answer in one upstream write
+    chunks = http_chunks(gateway.base_url, "/v1/chat/completions", body)
+    # one body message with every event (role, 11 deltas, finish, usage), then [DONE]: not one per event
+    assert len(chunks) == 2, [c[:60] for c in chunks]
+    events = [json.loads(line[6:]) for line in chunks[0].split(b"\n\n") if line]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == f"Echo: {words}"
+    assert events[-1]["usage"]["completion_tokens"] == 11
+    assert chunks[1] == b"data: [DONE]\n\n"
+    [record] = usage.wait(1)
+    assert record.status == 200 and record.completion_tokens == 11
+
+    # events arriving apart still go out as they arrive: one write each
+    upstream.enqueue(Fault(chunk_delay=0.02))
+    assert len(http_chunks(gateway.base_url, "/v1/chat/completions", body)) >= 12
+    usage.wait(1)
+    assert_nothing_held(gateway)
+
+
+def test_error_in_the_same_read_as_content_still_reaches_the_sdk(client: openai.OpenAI, upstream: FakeOpenAIUpstream,
+                                                                 usage: UsageLog) -> None:
+    upstream.enqueue(Fault(body=chunk_event({"role": "assistant", "content": ""}) + chunk_event({"content": "Hel"})
+                           + chunk_event({"content": "lo"}) + error_event("the model crashed", code="boom")))
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    text = ""
+    with pytest.raises(openai.APIError, match="the model crashed"):
+        for c in stream:
+            text += c.choices[0].delta.content or ""
+    assert text == "Hello"  # what came before the error in the same read was relayed first
+    [record] = usage.wait(1)
+    assert record.status >= 500 and record.error_code is not None
 
 
 def test_stream_without_include_usage_sends_no_usage_chunk(client: openai.OpenAI) -> None:

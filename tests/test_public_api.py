@@ -26,6 +26,7 @@ PUBLIC_API = [
     "EmbeddingData",
     "EmbeddingRequest",
     "EmbeddingResponse",
+    "EventBatches",
     "Finish",
     "HealthReport",
     "InProcessCounters",

@@ -66,7 +66,7 @@ from .loopback import (
     sse_event,
 )
 
-__all__ = ["DEFAULT_MODELS", "Fault", "FakeOpenAIUpstream", "RecordedRequest"]
+__all__ = ["DEFAULT_MODELS", "Fault", "FakeOpenAIUpstream", "RecordedRequest", "chunk_event", "error_event"]
 
 DEFAULT_MODELS: tuple[str, ...] = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small")
 CREATED = 1_700_000_000
@@ -174,6 +174,19 @@ class FakeOpenAIUpstream(LoopbackUpstream):
 
 
 # -- reply construction -----------------------------------------------------------------------------
+
+
+def chunk_event(delta: dict[str, Any], finish_reason: str | None = None, model: str = "gpt-4o-mini") -> bytes:
+    """One ``chat.completion.chunk`` SSE event with ``delta`` for choice 0: for hand-made streams
+    (``Fault(body=...)``), e.g. content followed by an in-stream error."""
+    chunk = {"id": "chatcmpl-hand", "object": "chat.completion.chunk", "created": CREATED, "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    return sse_event(chunk)
+
+
+def error_event(message: str, error_type: str = "server_error", code: str | None = None) -> bytes:
+    """The SSE event an OpenAI-compatible server sends when it fails mid-stream."""
+    return sse_event({"error": {"message": message, "type": error_type, "code": code}})
 
 
 def _text_of(content: Any) -> str:

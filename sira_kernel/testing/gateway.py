@@ -9,6 +9,8 @@ What every gateway test module needs beside its client and its fake upstream:
   :class:`~sira_kernel.events.UsageRecord`, so a test can say what was metered.
 * :func:`assert_nothing_held` checks, after a test, that no request capacity, scheduler
   reservation or plugin lease is left held (a stream or an error path that forgot to settle).
+* :func:`http_chunks` posts over a raw socket and returns the response's HTTP chunks as framed,
+  one per body message the server sent: which stream events went out in one write.
 
 In short (a request from any client between ``subscribe`` and ``wait``)::
 
@@ -29,10 +31,14 @@ Everything here blocks the calling (test) thread; the kernel runs on the server'
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import httpx
 
 from ..bus import Subscription
 from ..events import UsageRecord
@@ -41,7 +47,7 @@ from . import ServerThread
 if TYPE_CHECKING:
     from .fake_openai import FakeOpenAIUpstream
 
-__all__ = ["MASTER_KEY", "UPSTREAM_KEY", "UsageLog", "assert_nothing_held", "gateway_config"]
+__all__ = ["MASTER_KEY", "UPSTREAM_KEY", "UsageLog", "assert_nothing_held", "gateway_config", "http_chunks"]
 
 MASTER_KEY = "sk-test-master-0123456789"
 """The gateway's ``server.master_key`` in :func:`gateway_config`: clients authenticate with it."""
@@ -150,3 +156,36 @@ def assert_nothing_held(server: ServerThread, timeout: float = 2.0, pool: str = 
         if time.monotonic() >= deadline:
             raise AssertionError(f"capacity held after the test: in_use={in_use} outstanding={outstanding} {leases}")
         time.sleep(0.02)
+
+
+def http_chunks(base_url: str, path: str, body: Any, api_key: str = MASTER_KEY, timeout: float = 10.0) -> list[bytes]:
+    """POST ``body`` (JSON) to ``path`` over a raw socket and return the response body's HTTP/1.1
+    chunks as the server framed them: one per body message it sent (one write each).
+
+    What no HTTP client shows: which events a streaming answer sent together. Raises
+    ``AssertionError`` if the answer is not a 200 with a chunked body.
+    """
+    url = httpx.URL(base_url)
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nhost: {url.host}:{url.port}\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {api_key}\r\ncontent-length: {len(payload)}\r\nconnection: close\r\n\r\n"
+    ).encode()
+    received = b""
+    with socket.create_connection((url.host, url.port or 80), timeout=timeout) as sock:
+        sock.sendall(head + payload)
+        while data := sock.recv(65536):
+            received += data
+    status_line, _, rest = received.partition(b"\r\n")
+    headers, _, framed = rest.partition(b"\r\n\r\n")
+    assert status_line.split()[1] == b"200", received[:300]
+    assert b"transfer-encoding: chunked" in headers.lower(), headers
+    chunks: list[bytes] = []
+    while True:
+        size_line, _, framed = framed.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return chunks
+        chunks.append(framed[:size])
+        assert framed[size : size + 2] == b"\r\n", framed[: size + 2]
+        framed = framed[size + 2 :]

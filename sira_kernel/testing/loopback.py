@@ -112,6 +112,9 @@ class Fault:
     """Send these raw bytes as the body (with ``status``, default 200), e.g. invalid JSON."""
     chunk_delay: float | None = None
     """Seconds between streamed chunks for this request (overrides the server's ``chunk_delay``)."""
+    together: bool = False
+    """Stream: write every event and the end marker in one write (one read on the other side), as a
+    fast upstream or a buffering proxy does; ``first_token_delay`` still applies before it."""
     message: str | None = None
     """The error message for ``status`` (a generic one by default)."""
     content_type: str | None = None
@@ -393,6 +396,8 @@ class LoopbackUpstream:
         try:
             if fault.first_token_delay:
                 await asyncio.sleep(fault.first_token_delay)
+            if fault.together:
+                events, tail = [b"".join([*events, tail])], b""
             for sent, event in enumerate(events):
                 if fault.drop_after is not None and sent >= fault.drop_after:
                     self.dropped_streams += 1

@@ -10,6 +10,7 @@ from sira_kernel import (
     RequestInfo,
     SiraError,
     StreamError,
+    StreamEvent,
     StreamStart,
     hookimpl,
 )
@@ -103,21 +104,26 @@ class Messages(_Endpoint):
 
     @staticmethod
     async def _write(scope: Scope, send: Send, stream: ChatStream, request: ChatRequest, info: RequestInfo) -> bytes:
-        """Send the head and every event; return the bytes that end the stream."""
+        """Send the head and every event; return the bytes that end the stream.
+
+        The events that arrived from the upstream together go out in one body message (one write).
+        """
         request_id = scope.get("sira.request_id", "")
-        events = stream.__aiter__()
-        first = await events.__anext__()
-        start = first if isinstance(first, StreamStart) else StreamStart(id=request_id, model=request.model)
+        batches = stream.batches()
+        first = await batches.__anext__()
+        start = first[0] if isinstance(first[0], StreamStart) else StreamStart(id=request_id, model=request.model)
         encoder = EventEncoder(start)
         await start_event_stream(scope, send, [request_id_header(scope, b"request-id"), *(route_header(info) or ())])
-        head = encoder.start() if first is start else encoder.start() + encoder.encode(first)
-        await send({"type": "http.response.body", "body": head, "more_body": True})
+        data, ended = _encode_batch(encoder, first[1:] if first[0] is start else first, request_id)
+        if ended:
+            return encoder.start() + data
+        await send({"type": "http.response.body", "body": encoder.start() + data, "more_body": True})
         with stream.guard() as guard:
             try:
-                async for event in events:
-                    if isinstance(event, StreamError):
-                        return encoder.error(event, request_id)
-                    data = encoder.encode(event)
+                async for batch in batches:
+                    data, ended = _encode_batch(encoder, batch, request_id)
+                    if ended:
+                        return data
                     if data:
                         await send({"type": "http.response.body", "body": data, "more_body": True})
             except SiraError as exc:
@@ -130,6 +136,15 @@ class Messages(_Endpoint):
         if guard.cancelled_caught:  # deadline passed, or the provider was unloaded past its drain timeout
             return encoder.error(stream.interrupted(), request_id)
         return encoder.finish()
+
+
+def _encode_batch(encoder: EventEncoder, batch: list[StreamEvent], request_id: str) -> tuple[bytes, bool]:
+    """The SSE bytes of ``batch`` and whether it ended the stream (a ``StreamError``, always last)."""
+    if batch and isinstance(batch[-1], StreamError):
+        return b"".join([*map(encoder.encode, batch[:-1]), encoder.error(batch[-1], request_id)]), True
+    if len(batch) == 1:
+        return encoder.encode(batch[0]), False
+    return b"".join(map(encoder.encode, batch)), False
 
 
 class CountTokens(_Endpoint):

@@ -79,20 +79,28 @@ class ChatCompletions(_Endpoint):
     async def _write(
         scope: Scope, send: Send, stream: ChatStream, include_usage: bool, headers: list[tuple[bytes, bytes]] | None
     ) -> bytes:
-        """Send the response head and every event; return the bytes that end the stream."""
-        events = stream.__aiter__()
-        start = await events.__anext__()
-        encoder = ChunkEncoder(start, include_usage)  # type: ignore[arg-type]
+        """Send the response head and every event; return the bytes that end the stream.
+
+        The events that arrived from the upstream together go out in one body message (one write).
+        """
+        batches = stream.batches()
+        first = await batches.__anext__()
+        encoder = ChunkEncoder(first[0], include_usage)  # type: ignore[arg-type]
         await start_event_stream(scope, send, headers)
-        await send({"type": "http.response.body", "body": encoder.first(), "more_body": True})
+        body = encoder.first()
+        if len(first) > 1:
+            body += encoder.encode_batch(first[1:])
+        if isinstance(first[-1], StreamError):
+            return body
+        await send({"type": "http.response.body", "body": body, "more_body": True})
         with stream.guard() as guard:
             try:
-                async for event in events:
-                    line = encoder.encode(event)
-                    if line is not None:
-                        await send({"type": "http.response.body", "body": line, "more_body": True})
-                    if isinstance(event, StreamError):
-                        return b""
+                async for batch in batches:
+                    body = encoder.encode_batch(batch)
+                    if isinstance(batch[-1], StreamError):
+                        return body
+                    if body:
+                        await send({"type": "http.response.body", "body": body, "more_body": True})
             except SiraError as exc:
                 return stream_error_line(exc.stream_event())
         if guard.cancelled_caught:  # deadline passed, or the provider was unloaded past its drain timeout

@@ -179,6 +179,12 @@ class ChunkEncoder:
             return stream_error_line(event)
         return None  # StreamStart (already sent) and events this surface does not show
 
+    def encode_batch(self, events: list[StreamEvent]) -> bytes:
+        """The SSE lines of ``events``, joined (one body message for what arrived together)."""
+        if len(events) == 1:
+            return self.encode(events[0]) or b""
+        return b"".join([line for line in map(self.encode, events) if line is not None])
+
 
 def stream_error_line(event: StreamError) -> bytes:
     """The SSE line that makes the ``openai`` SDK raise ``APIError`` mid-stream."""
