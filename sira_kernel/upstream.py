@@ -168,11 +168,36 @@ def request_headers(
     )
 
 
+def _header(response: httpx.Response, name: bytes) -> bytes | None:
+    """The first value of the response header ``name`` (lower case), from the raw list.
+
+    ``response.headers.get`` decodes and lower-cases every header on each call, several µs apiece
+    on a path that otherwise costs tens of µs in all.
+    """
+    for key, value in response.headers.raw:
+        if key == name or key.lower() == name:
+            return value
+    return None
+
+
 def _body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
-    """The response body as it arrives; decoded only if the upstream ignored ``identity``."""
-    encoding = response.headers.get("content-encoding")
-    chunks = response.aiter_bytes() if encoding and encoding != "identity" else response.aiter_raw()
-    return cast("AsyncGenerator[bytes, None]", chunks)  # httpx annotates its async generators loosely
+    """The response body as it arrives; decoded only if the upstream ignored ``identity``.
+
+    Undecoded, it is the transport's own byte stream: what ``aiter_raw`` re-chunks through two more
+    generators per chunk, for a caller that asked for no chunk size.
+    """
+    encoding = _header(response, b"content-encoding")
+    if encoding and encoding.lower() != b"identity":
+        return cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
+    return _raw(response.stream)
+
+
+async def _raw(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> AsyncGenerator[bytes, None]:
+    if not isinstance(stream, httpx.AsyncByteStream):
+        raise httpx.StreamError("the upstream transport answered with a synchronous stream")
+    async for chunk in stream:
+        if chunk:
+            yield chunk
 
 
 # -- protocols --------------------------------------------------------------------------------------
@@ -406,6 +431,20 @@ class Upstream:
 
     # -- per-call settings --------------------------------------------------------------------------
 
+    def post(self, url: httpx.URL | str, headers: httpx.Headers, body: bytes, ctx: CallContext) -> httpx.Request:
+        """The ``POST`` of ``body`` to ``url`` for the call ``ctx``: what ``httpx.Request("POST", url,
+        headers=headers, content=body, extensions=self.extensions(ctx))`` builds, at less than half
+        the cost (the headers are copied once, with ``host`` and ``content-length``, instead of being
+        normalised and rebuilt twice). Pass ``url`` as an ``httpx.URL`` built once to save its parse."""
+        if not isinstance(url, httpx.URL):
+            url = httpx.URL(url)
+        raw = [(b"host", url.netloc), *headers.raw, (b"content-length", b"%d" % len(body))]
+        request = httpx.Request(
+            "POST", url, headers=raw, stream=httpx.ByteStream(body), extensions=self.extensions(ctx)
+        )
+        request.read()  # the body is in memory: make ``request.content`` available, as ``content=`` would
+        return request
+
     def extensions(self, ctx: CallContext) -> dict[str, Any]:
         """httpx request extensions carrying the call's connect timeout (the config's if tighter)."""
         limit = self._connect_timeout
@@ -466,7 +505,7 @@ class Upstream:
 
     async def read(self, response: httpx.Response, deadline: float, limit: int, waited: float) -> bytes:
         """The whole body, read before ``deadline``; ``ProviderUnavailable`` past ``limit`` bytes."""
-        declared = response.headers.get("content-length")
+        declared = _header(response, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large(limit)
         parts: list[bytes] = []
@@ -537,8 +576,8 @@ class Upstream:
         try:
             if response.status_code >= 300:
                 raise await self.status_error(response, deadline)
-            media = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-            if media == "application/json" or media.endswith("+json"):  # a whole answer, not a stream
+            media = (_header(response, b"content-type") or b"").partition(b";")[0].strip().lower()
+            if media == b"application/json" or media.endswith(b"+json"):  # a whole answer, not a stream
                 data = await self.read(response, deadline, ctx.max_response_bytes, total)
                 answer = codec.stream_json(data, ctx, parser)
                 if parser.failure is not None and not parser.started:

@@ -110,8 +110,7 @@ class AcmeProvider(UpstreamProvider):
         return answer_events(decode_answer(data, provider=self.name))
 
     def _request(self, body: dict[str, Any], ctx: CallContext, headers: httpx.Headers) -> httpx.Request:
-        return httpx.Request("POST", self._url, headers=headers, content=msgspec.json.encode(body),
-                             extensions=self.upstream.extensions(ctx))
+        return self.upstream.post(self._url, headers, msgspec.json.encode(body), ctx)
 
 
 class AcmeProviderPlugin(UpstreamProviderPlugin):

@@ -135,13 +135,7 @@ class AnthropicProvider(UpstreamProvider):
             raise ProviderRejected(str(exc), provider=self.name, status=400, param=exc.param) from None
         except (TypeError, msgspec.EncodeError) as exc:
             raise ProviderRejected(f"request cannot be encoded: {exc}", provider=self.name) from None
-        return httpx.Request(
-            "POST",
-            self._url,
-            headers=self._sse_headers if stream else self._json_headers,
-            content=body,
-            extensions=self.upstream.extensions(ctx),
-        )
+        return self.upstream.post(self._url, self._sse_headers if stream else self._json_headers, body, ctx)
 
     def _invalid(self, data: bytes, exc: Exception | None) -> ProviderError:
         error_type, text = upstream_error(data[:ERROR_BODY_LIMIT])

@@ -159,12 +159,11 @@ class GeminiProvider(UpstreamProvider):
         """Complete ``request`` without streaming."""
         created = int(time.time())
         upstream = self.upstream
-        http_request = httpx.Request(
-            "POST",
+        http_request = upstream.post(
             self._url(ctx.upstream_model, "generateContent"),
-            headers=self._json_headers,
-            content=self._encode_chat(request),
-            extensions=upstream.extensions(ctx),
+            self._json_headers,
+            self._encode_chat(request),
+            ctx,
         )
         data = await upstream.fetch(http_request, upstream.deadlines(ctx), ctx.max_response_bytes)
         answer = self._decode(data, "response", decode_response)
@@ -179,12 +178,11 @@ class GeminiProvider(UpstreamProvider):
 
     def stream_request(self, request: ChatRequest, ctx: CallContext) -> httpx.Request:
         """The upstream request of a streamed chat (``sira_kernel.upstream.StreamCodec``)."""
-        return httpx.Request(
-            "POST",
+        return self.upstream.post(
             self._url(ctx.upstream_model, "streamGenerateContent"),
-            headers=self._sse_headers,
-            content=self._encode_chat(request),
-            extensions=self.upstream.extensions(ctx),
+            self._sse_headers,
+            self._encode_chat(request),
+            ctx,
         )
 
     def stream_parser(self, ctx: CallContext) -> StreamParser:
@@ -247,9 +245,7 @@ class GeminiProvider(UpstreamProvider):
         deadline: float,
     ) -> list[list[float]]:
         upstream = self.upstream
-        http_request = httpx.Request(
-            "POST", url, headers=self._json_headers, content=body, extensions=upstream.extensions(ctx)
-        )
+        http_request = upstream.post(url, self._json_headers, body, ctx)
         deadlines = (first, min(anyio.current_time() + first, deadline), total, deadline)
         data = await upstream.fetch(http_request, deadlines, ctx.max_response_bytes)
         answer = self._decode(data, "embeddings response", _decode_embeddings)

@@ -119,12 +119,11 @@ class OpenAIProvider(UpstreamProvider):
     async def chat(self, request: ChatRequest, ctx: CallContext) -> ChatResponse:
         """Complete ``request`` without streaming."""
         upstream = self.upstream
-        http_request = httpx.Request(
-            "POST",
+        http_request = upstream.post(
             self._url("chat/completions", ctx.upstream_model),
-            headers=self._json_headers,
-            content=self._encode_chat(request, ctx, stream=False),
-            extensions=upstream.extensions(ctx),
+            self._json_headers,
+            self._encode_chat(request, ctx, stream=False),
+            ctx,
         )
         data = await upstream.fetch(http_request, upstream.deadlines(ctx), ctx.max_response_bytes)
         return self._decode_completion(data)
@@ -141,12 +140,11 @@ class OpenAIProvider(UpstreamProvider):
 
     def stream_request(self, request: ChatRequest, ctx: CallContext) -> httpx.Request:
         """The upstream request of a streamed chat (``sira_kernel.upstream.StreamCodec``)."""
-        return httpx.Request(
-            "POST",
+        return self.upstream.post(
             self._url("chat/completions", ctx.upstream_model),
-            headers=self._sse_headers,
-            content=self._encode_chat(request, ctx, stream=True),
-            extensions=self.upstream.extensions(ctx),
+            self._sse_headers,
+            self._encode_chat(request, ctx, stream=True),
+            ctx,
         )
 
     def stream_parser(self, ctx: CallContext) -> StreamParser:
@@ -175,12 +173,11 @@ class OpenAIProvider(UpstreamProvider):
         except (TypeError, msgspec.EncodeError) as exc:
             raise ProviderRejected(f"request cannot be encoded: {exc}", provider=self.name) from None
         upstream = self.upstream
-        http_request = httpx.Request(
-            "POST",
+        http_request = upstream.post(
             self._url("embeddings", ctx.upstream_model),
-            headers=self._json_headers,
-            content=body,
-            extensions=upstream.extensions(ctx),
+            self._json_headers,
+            body,
+            ctx,
         )
         data = await upstream.fetch(http_request, upstream.deadlines(ctx), ctx.max_response_bytes)
         try:

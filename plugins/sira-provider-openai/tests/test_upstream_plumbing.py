@@ -1,0 +1,69 @@
+"""The shared upstream plumbing this adapter runs on (``sira_kernel.upstream``), over real HTTP:
+the fast request builder and the body reader's header and encoding handling."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import httpx
+import pytest
+from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
+from sira_kernel.testing.providers import call_context
+from sira_kernel.testing.providers import chat_request as ask
+
+from sira_provider_openai import OpenAIProvider
+
+from .conftest import API_KEY
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_post_builds_the_request_httpx_would(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
+    upstream, ctx = provider.upstream, call_context("gpt-4o-mini")
+    url = httpx.URL(f"{fake.base_url}/chat/completions")
+    headers = httpx.Headers({"content-type": "application/json", "authorization": f"Bearer {API_KEY}"})
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    fast = upstream.post(url, headers, body, ctx)
+    plain = httpx.Request("POST", url, headers=headers, content=body, extensions=upstream.extensions(ctx))
+    assert (fast.method, fast.url, fast.content, fast.extensions) == (plain.method, plain.url, plain.content,
+                                                                      plain.extensions)
+    assert sorted(fast.headers.multi_items()) == sorted(plain.headers.multi_items())
+    assert upstream.post(str(url), headers, body, ctx).url == url  # a string URL is parsed
+
+    response = await upstream.send(fast, *upstream.deadlines(ctx)[1::-1])
+    try:
+        assert response.status_code == 200
+    finally:
+        await response.aclose()
+    sent = fake.requests[-1]
+    assert sent.body == body and sent.headers["content-length"] == str(len(body))
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_an_encoded_answer_is_decoded_and_an_identity_one_relayed(
+    provider: OpenAIProvider, fake: FakeOpenAIUpstream
+) -> None:
+    completion = {
+        "id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }
+    raw = json.dumps(completion).encode()
+    fake.enqueue(Fault(body=gzip.compress(raw), headers={"Content-Encoding": "gzip"}))
+    response = await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
+    assert response.choices[0].message.content == "zipped"  # the upstream ignored accept-encoding: identity
+    fake.enqueue(Fault(body=raw, headers={"Content-Encoding": "identity"}))
+    response = await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
+    assert response.choices[0].message.content == "zipped"
+    assert fake.requests[-1].headers["accept-encoding"] == "identity"
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_reading(
+    provider: OpenAIProvider, fake: FakeOpenAIUpstream
+) -> None:
+    ctx = call_context("gpt-4o-mini")
+    ctx.max_response_bytes = 100
+    fake.enqueue(Fault(body=b"{" + b" " * 200 + b"}"))
+    with pytest.raises(Exception, match="larger than 100 bytes"):
+        await provider.chat(ask("hi"), ctx)
