@@ -47,6 +47,7 @@ import anyio
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from .deadline import TaskDeadline
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .hookspecs import hookimpl
 from .logs import REDACTED, redact
@@ -308,55 +309,6 @@ class StreamCodec(Protocol[P]):
 # -- the upstream -----------------------------------------------------------------------------------
 
 
-class _ReadDeadline:
-    """The deadline of a stream's reads, with one timer per phase instead of one per read.
-
-    A cancel scope per read costs a timer and its cancellation for every chunk (several µs each,
-    more than parsing the chunk); a stream has only two deadlines (first token, then the whole
-    answer). The timer cancels the reading task only while it is inside a read; a deadline that
-    passes while the consumer holds an event is noticed before the next read. ``caught`` turns the
-    timer's own cancellation into a timeout and lets any other cancellation through.
-    """
-
-    __slots__ = ("_cancelled", "_handle", "_loop", "_task", "expired", "reading")
-
-    def __init__(self, deadline: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._handle: asyncio.TimerHandle | None = None
-        self._cancelled = False
-        self.expired = False
-        self.reading = False
-        self.rearm(deadline)
-
-    def rearm(self, deadline: float) -> None:
-        """Move the deadline (``anyio.current_time()`` is the loop's clock on asyncio)."""
-        if self._handle is not None:
-            self._handle.cancel()
-        self._handle = self._loop.call_at(deadline, self._fire)
-
-    def disarm(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-    def _fire(self) -> None:
-        self._handle = None
-        self.expired = True
-        if self.reading and self._task is not None:
-            self._cancelled = True
-            self._task.cancel()
-
-    def caught(self, exc: BaseException) -> bool:
-        """True when ``exc`` is this deadline's own cancellation (now absorbed)."""
-        if not (self._cancelled and isinstance(exc, asyncio.CancelledError)):
-            return False
-        self._cancelled = False
-        assert self._task is not None
-        # Another cancellation arrived too (the client left, the plugin unloads): let it through.
-        return self._task.uncancel() == 0
-
-
 class Upstream:
     """One upstream's pooled client and every exchange with it, for the provider ``owner``.
 
@@ -473,7 +425,7 @@ class Upstream:
             total = self._total_timeout
         if total < first:
             first = total
-        now = anyio.current_time()
+        now = asyncio.get_running_loop().time()  # anyio.current_time(), without its backend lookup
         return first, now + first, total, now + total
 
     @staticmethod
@@ -496,7 +448,7 @@ class Upstream:
         transport = self._transport
         if transport is None:
             raise self._not_started()
-        with anyio.CancelScope(deadline=deadline):
+        with TaskDeadline(deadline):  # one timer: a cancel scope costs twice as much on every call
             try:
                 return await transport.handle_async_request(request)
             except Exception as exc:  # any failure to reach the upstream is the upstream's
@@ -510,7 +462,7 @@ class Upstream:
             raise self._too_large(limit)
         parts: list[bytes] = []
         size = 0
-        with anyio.CancelScope(deadline=deadline):
+        with TaskDeadline(deadline):
             try:
                 async with contextlib.aclosing(_body(response)) as chunks:
                     async for chunk in chunks:
@@ -591,7 +543,7 @@ class Upstream:
             received = 0
             waited, what = first, "first token"
             chunks = _body(response)
-            watchdog = _ReadDeadline(first_deadline)
+            watchdog = TaskDeadline(first_deadline)
             try:
                 while True:
                     raw: bytes | None = None
