@@ -57,8 +57,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGETS = ("direct", "passthrough", "sira")
 #: Optional: Sira with the router plugin in front (``--targets ...,sira-router``), to measure what the
-#: router adds over the kernel's default routing in the same run.
-EXTRA_TARGETS = ("sira-router",)
+#: router adds over the kernel's default routing in the same run; and the passthrough calling the
+#: client's transport directly as Sira does (``passthrough-transport``), an even thinner yardstick.
+EXTRA_TARGETS = ("sira-router", "passthrough-transport")
 SCENARIOS = ("nonstream", "stream", "ttft", "leak")
 
 SIRA_CONFIG = """\
@@ -191,9 +192,11 @@ class Bench:
             yield target
             return
         port = free_port()
-        if name == "passthrough":
+        if name.startswith("passthrough"):
             argv = [sys.executable, str(HERE / "passthrough.py"), "--port", str(port)]
             argv += ["--upstream", upstream.base_url]
+            if name == "passthrough-transport":
+                argv.append("--direct-transport")
         else:
             config = self.tmp / f"sira-{port}.toml"
             config.write_text(
@@ -536,6 +539,10 @@ def floors(bench: Bench) -> list[Floor]:
                 check(ratio, lambda v: v >= 0.8),
             )
         )
+        direct = get(scenario, "passthrough-transport", many, "rps")
+        if direct:  # reference only: the issue's yardstick is the usual client.post passthrough
+            out.append(Floor(f"{scenario}: sira / passthrough-transport req/s at {many} clients",
+                             None if sira is None else sira / direct, "x", "", None))
     sira_rps = get("nonstream", "sira", many, "rps")
     routed = get("nonstream", "sira-router", many, "rps")
     if routed and sira_rps:

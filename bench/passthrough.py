@@ -27,10 +27,22 @@ from starlette.routing import Route
 from canned import UPSTREAM_KEY
 
 
-def build_app(upstream: str) -> Starlette:
-    """The passthrough app relaying ``POST /v1/chat/completions`` to ``{upstream}/chat/completions``."""
+def build_app(upstream: str, direct_transport: bool = False) -> Starlette:
+    """The passthrough app relaying ``POST /v1/chat/completions`` to ``{upstream}/chat/completions``.
+
+    ``direct_transport``: send with ``transport.handle_async_request(httpx.Request(...))`` as Sira's
+    ``Upstream`` does, skipping ``AsyncClient.send`` (auth flow, redirects, cookies), instead of the
+    usual ``client.post`` / ``client.send``.
+    """
     url = upstream.rstrip("/") + "/chat/completions"
     headers = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
+    target = httpx.URL(url)
+
+    async def send(client: httpx.AsyncClient, body: bytes, stream: bool) -> httpx.Response:
+        if direct_transport:
+            transport: httpx.AsyncBaseTransport = client._transport  # the one Sira also calls directly
+            return await transport.handle_async_request(httpx.Request("POST", target, headers=headers, content=body))
+        return await client.send(client.build_request("POST", url, content=body, headers=headers), stream=stream)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
@@ -47,14 +59,15 @@ def build_app(upstream: str) -> Starlette:
         except (ValueError, AttributeError):
             stream = False
         if not stream:
-            upstream_response = await client.post(url, content=body, headers=headers)
+            upstream_response = await send(client, body, False)
+            if direct_transport:
+                await upstream_response.aread()
             return Response(
                 upstream_response.content,
                 upstream_response.status_code,
                 media_type=upstream_response.headers.get("content-type"),
             )
-        upstream_request = client.build_request("POST", url, content=body, headers=headers)
-        upstream_response = await client.send(upstream_request, stream=True)
+        upstream_response = await send(client, body, True)
         return StreamingResponse(
             upstream_response.aiter_raw(),
             upstream_response.status_code,
@@ -70,9 +83,10 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:8101/v1")
+    parser.add_argument("--direct-transport", action="store_true", help="call the client's transport directly")
     args = parser.parse_args()
     uvicorn.run(
-        build_app(args.upstream),
+        build_app(args.upstream, args.direct_transport),
         host=args.host,
         port=args.port,
         loop="uvloop",

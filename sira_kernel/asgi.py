@@ -172,11 +172,16 @@ class KernelApp:
     """
 
     def __init__(
-        self, factory: Callable[[], Kernel], listener: str = "public", admin_ports: frozenset[int] = frozenset()
+        self,
+        factory: Callable[[], Kernel],
+        listener: str = "public",
+        admin_ports: frozenset[int] = frozenset(),
+        after_start: Callable[[Kernel], None] | None = None,
     ) -> None:
         self._factory = factory
         self.listener = listener
         self.admin_ports = admin_ports
+        self._after_start = after_start
         self.kernel: Kernel | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -211,6 +216,8 @@ class KernelApp:
                     self._stack = AsyncExitStack()
                     kernel = self._factory()
                     self.kernel = await self._stack.enter_async_context(kernel)
+                    if self._after_start is not None:
+                        self._after_start(self.kernel)
                 except Exception as exc:
                     _log.exception("kernel.start_failed")
                     await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})

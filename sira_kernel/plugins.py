@@ -24,6 +24,7 @@ that no hook implementation of it is left.
 from __future__ import annotations
 
 import enum
+import gc
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
@@ -677,6 +678,8 @@ class PluginRegistry:
                 with anyio.move_on_after(max(1.0, self.kernel.config.kernel.stop_timeout)):
                     await handle._drained.wait()
         await self._teardown(handle)
+        if gc.get_freeze_count():  # a server froze its startup objects: let the collector reclaim the plugin's
+            gc.unfreeze()
         handle.state = PluginState.STOPPED
         self.kernel._publish_lifecycle(handle, "stopped")
         _log.info("plugin.stopped", plugin=handle.id, generation=handle.generation)

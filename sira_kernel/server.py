@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from .asgi import KernelApp
@@ -34,4 +35,22 @@ def create_app() -> KernelApp:
         config.server.admin = False
     configure_logging(config.logging.format, config.logging.level)
     admin_ports = frozenset({config.server.admin_port}) if config.server.admin else frozenset()
-    return KernelApp(lambda: kernel_factory(config), admin_ports=admin_ports)
+    return KernelApp(lambda: kernel_factory(config), admin_ports=admin_ports, after_start=tune_gc)
+
+
+def tune_gc(kernel: Kernel) -> None:
+    """Set a worker's cyclic garbage collector for serving, once its kernel has started.
+
+    With Python's default thresholds the youngest generation is collected every 700 allocations,
+    several times per request, and the collections it escalates to walk every object the kernel and
+    its libraries made at startup: ~17 µs per request of Sira's ~120 µs. ``server.gc_threshold``
+    spaces them out; ``server.gc_freeze`` takes what exists after startup out of the collector's
+    view (``gc.freeze()``; unloading a plugin gives it back, see ``PluginRegistry.unload``).
+    """
+    server = kernel.config.server
+    if server.gc_freeze:
+        gc.collect()
+        gc.freeze()
+    if server.gc_threshold:
+        _, middle, oldest = gc.get_threshold()
+        gc.set_threshold(server.gc_threshold, middle, oldest)

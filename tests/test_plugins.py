@@ -342,6 +342,21 @@ class Everything(FakeProviderPlugin):
         return lifespan_of()
 
 
+async def test_a_plugin_frozen_at_startup_is_reclaimed_after_unload() -> None:
+    """``sira serve`` freezes what exists after startup (server.gc_freeze); an unload gives it back."""
+    async with make_kernel({"everything": Everything}) as kernel:
+        ref = weakref.ref(kernel.plugins.handles["everything"].instance)
+        gc.collect()
+        gc.freeze()
+        try:
+            await kernel.unload("everything")
+            assert gc.get_freeze_count() == 0
+            gc.collect()
+            assert ref() is None
+        finally:
+            gc.unfreeze()
+
+
 async def test_load_unload_loop_leaves_nothing_behind() -> None:
     async with make_kernel({"everything": Everything}, enable=[]) as kernel:
         pm = kernel.plugins.pm
