@@ -47,7 +47,7 @@ def probe(tmp_path: Path, server: str) -> dict[str, object]:
 @pytest.mark.parametrize(
     ("server", "threshold", "frozen"),
     [
-        ("", 50_000, True),  # the defaults
+        ("", None, True),  # the defaults: frozen, Python's threshold
         ("gc_threshold = 20000\ngc_freeze = false", 20_000, False),
         ("gc_threshold = 0\ngc_freeze = false", None, False),  # Python's own setting is kept
     ],
