@@ -19,7 +19,9 @@ from .conftest import API_KEY
 pytestmark = pytest.mark.anyio
 
 
-async def test_post_builds_the_request_httpx_would(provider: OpenAIProvider, fake: FakeOpenAIUpstream) -> None:
+async def test_post_builds_the_request_httpx_would(
+    provider: OpenAIProvider, fake: FakeOpenAIUpstream
+) -> None:
     upstream, ctx = provider.upstream, call_context("gpt-4o-mini")
     url = httpx.URL(f"{fake.base_url}/chat/completions")
     headers = httpx.Headers({"content-type": "application/json", "authorization": f"Bearer {API_KEY}"})
@@ -46,7 +48,9 @@ async def test_an_encoded_answer_is_decoded_and_an_identity_one_relayed(
 ) -> None:
     completion = {
         "id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
     }
     raw = json.dumps(completion).encode()
