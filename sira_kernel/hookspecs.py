@@ -15,7 +15,7 @@ docs/plugin-hooks.md documents each hook with this exact signature; a test keeps
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         ToolRegistrar,
     )
     from .routing import Route, RouteTable
+    from .types import ModelInfo
 
 PROJECT = "sira"
 
@@ -49,7 +50,7 @@ REGISTRATION_HOOKS = (
     "sira_register_subscriptions",
     "sira_register_tools",
 )
-DECISION_HOOKS = ("sira_authenticate", "sira_authorize", "sira_route")
+DECISION_HOOKS = ("sira_authenticate", "sira_authorize", "sira_route", "sira_list_models")
 LIFECYCLE_HOOKS = ("sira_configure", "sira_lifespan")
 
 
@@ -116,6 +117,17 @@ def sira_route(
     """Choose where a request goes. First non-None ``Route`` wins. ``routes`` is the table of models
     the active providers serve; ``info`` the HTTP facts (headers, path, request id). The kernel's
     default maps the model name to the provider serving it.
+    """
+
+
+@hookspec
+def sira_list_models(principal: Principal, routes: RouteTable, info: RequestInfo) -> Iterable[ModelInfo] | None:
+    """The public models this plugin answers requests for, for a model listing (``GET /v1/models``).
+
+    Every plugin is asked; the listing is the union, the first entry for an id winning (pluggy
+    order, the kernel's default last). The kernel's default lists what the providers serve
+    (``routes.models()``); a router adds the names it routes (groups, aliases). Each entry is then
+    authorized for ``principal`` like a request for that model.
     """
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from .services import ServiceHealth, ServiceRegistry
 
 if TYPE_CHECKING:
     from .asgi import ASGIApp
+    from .types import ModelInfo
 
 __all__ = ["HealthReport", "Kernel", "KernelDefaults", "Snapshot"]
 
@@ -60,8 +61,8 @@ class Snapshot:
     """Everything the request path needs, frozen at one registry generation."""
 
     __slots__ = (
-        "apps", "authenticate", "authorize", "generation", "handles", "middleware", "providers",
-        "route", "route_table", "routes", "tools",
+        "apps", "authenticate", "authorize", "generation", "handles", "list_models", "middleware",
+        "providers", "route", "route_table", "routes", "tools",
     )
 
     def __init__(
@@ -85,6 +86,7 @@ class Snapshot:
         self.authenticate = hooks.get("sira_authenticate", ())
         self.authorize = hooks.get("sira_authorize", ())
         self.route = hooks.get("sira_route", ())
+        self.list_models = hooks.get("sira_list_models", ())
         self.apps = apps
 
 
@@ -137,6 +139,10 @@ class KernelDefaults:
         if principal.allowed_models is not None and model is not None and model not in principal.allowed_models:
             return False  # type: ignore[return-value]
         return None
+
+    @hookimpl(trylast=True)
+    def sira_list_models(self, routes: RouteTable) -> Iterable[ModelInfo]:
+        return routes.models()
 
     @hookimpl(trylast=True)
     def sira_route(self, request: Any, routes: RouteTable) -> Route | None:

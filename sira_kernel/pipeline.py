@@ -634,10 +634,19 @@ class Pipeline:
         snap = self.kernel.snapshot
         principal = await self.authenticate(snap, info)
         await self.authorize(snap, principal, info, "models", None)
-        allowed = []
-        for model in snap.route_table.models():
+        listed: dict[str, ModelInfo] = {}
+        for function, plugin_id in snap.list_models:  # the kernel's default (the providers' models) last
             try:
-                await self.authorize(snap, principal, info, "chat", model.id)
+                answer = function(principal=principal, routes=snap.route_table, info=info)
+                for model in answer or ():
+                    listed.setdefault(model.id, model)
+            except Exception:  # a listing without one plugin's names beats no listing
+                _log.exception("pipeline.list_models_failed", plugin=plugin_id)
+        allowed = []
+        for model in listed.values():
+            operation = "embeddings" if model.kind == "embedding" else "chat"
+            try:
+                await self.authorize(snap, principal, info, operation, model.id)
             except AuthorizationDenied:
                 continue
             allowed.append(model)

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from sira_kernel import UsageRecord
+from sira_kernel import RequestInfo, UsageRecord
 from sira_kernel.bus import Subscription
 from sira_kernel.testing import ServerThread, make_kernel
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
@@ -37,7 +37,7 @@ def upstreams() -> Iterator[tuple[FakeOpenAIUpstream, FakeOpenAIUpstream]]:
 
 def _provider(upstream: FakeOpenAIUpstream) -> dict[str, Any]:
     return {"use": "provider-openai", "base_url": upstream.base_url, "api_key": UPSTREAM_KEY,
-            "models": ["gpt-4o-mini", "gpt-4o"]}
+            "models": ["gpt-4o-mini", "gpt-4o"], "embedding_models": ["text-embedding-3-small"]}
 
 
 def _config(a: FakeOpenAIUpstream, b: FakeOpenAIUpstream) -> dict[str, Any]:
@@ -59,7 +59,9 @@ def _config(a: FakeOpenAIUpstream, b: FakeOpenAIUpstream) -> dict[str, Any]:
                         "deployments": [{"provider": "openai-a", "model": "gpt-4o-mini"}],
                         "fallbacks": ["backup"],
                         "fallbacks_on": {"context_window": ["long"]},
+                        "aliases": ["chat-latest"],
                     },
+                    "vectors": {"deployments": [{"provider": "openai-a", "model": "text-embedding-3-small"}]},
                     "backup": {"deployments": [{"provider": "openai-b", "model": "gpt-4o-mini"}]},
                     "long": {"deployments": [{"provider": "openai-b", "model": "gpt-4o"}]},
                     "solo": {"deployments": [{"provider": "openai-a", "model": "gpt-4o"}]},
@@ -371,3 +373,21 @@ def test_rules_through_the_admin_api_route_requests(
     finally:
         assert admin.delete("/rules/vip").status_code == 204
     assert admin.get("/rules/vip").status_code == 404
+
+
+def test_the_model_list_shows_groups_and_their_aliases(gateway: ServerThread, client: openai.OpenAI) -> None:
+    listed = {model.id for model in client.models.list()}
+    assert {"chat", "chat-latest", "backup", "long", "solo", "patient", "vectors"} <= listed
+    assert {"gpt-4o-mini", "gpt-4o", "text-embedding-3-small"} <= listed  # and what providers serve
+    assert client.models.retrieve("chat-latest").id == "chat-latest"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-group")
+
+    async def kinds() -> dict[str, str]:
+        info = RequestInfo(method="GET", path="/v1/models", headers={"authorization": f"Bearer {MASTER}"})
+        return {model.id: model.kind for model in await gateway.kernel.pipeline.models(info)}
+
+    listed_kinds = gateway.call(kinds)
+    assert listed_kinds["vectors"] == "embedding" and listed_kinds["chat"] == "chat"
+    embedded = client.embeddings.create(model="vectors", input="hello")  # and the listed name works
+    assert len(embedded.data) == 1

@@ -13,6 +13,7 @@ from sira_kernel import (
     Kernel,
     LimitSpec,
     Message,
+    ModelInfo,
     ModelNotFound,
     Principal,
     ProviderTimeout,
@@ -395,3 +396,47 @@ async def test_a_router_that_hangs_is_bounded_like_auth() -> None:
         with anyio.fail_after(5), pytest.raises(ProviderUnavailable, match="routing failed in plugin 'hang'"):
             await kernel.pipeline.chat(chat(), INFO)
         assert_nothing_held(kernel)
+
+
+class Lister:
+    """Lists two extra names (one shadowing a provider model) and denies one of them to 'limited'."""
+
+    sira_api = 1
+
+    @hookimpl
+    def sira_list_models(self, principal: Principal, routes: Any) -> list[ModelInfo]:
+        return [ModelInfo("smart", owned_by="lister", context_window=1000), ModelInfo("fake-1", owned_by="lister"),
+                ModelInfo("secret")]
+
+    @hookimpl
+    def sira_authorize(self, principal: Principal, request: RequestInfo, operation: str, model: str | None) -> Any:
+        return False if (principal.id == "limited" and model == "secret") else None
+
+
+class BrokenLister:
+    sira_api = 1
+
+    @hookimpl
+    def sira_list_models(self) -> list[ModelInfo]:
+        raise RuntimeError("boom")
+
+
+class LimitedAuth:
+    sira_api = 1
+
+    @hookimpl
+    def sira_authenticate(self, request: RequestInfo) -> Principal | None:
+        return Principal(id="limited", kind="key") if request.headers.get("x-who") == "limited" else None
+
+
+async def test_model_listing_is_the_union_of_every_plugins_names() -> None:
+    plugins = {"fake": FakeProviderPlugin, "lister": Lister, "broken": BrokenLister, "auth": LimitedAuth}
+    async with make_kernel(plugins) as kernel:
+        listed = {m.id: m for m in await kernel.pipeline.models(INFO)}
+        assert {"smart", "fake-1", "secret"} <= set(listed)
+        assert listed["smart"].context_window == 1000
+        assert listed["fake-1"].owned_by == "lister"  # a plugin's entry wins over the provider's (default last)
+        assert len([m for m in await kernel.pipeline.models(INFO) if m.id == "fake-1"]) == 1
+        limited = RequestInfo(method="GET", path="/v1/models", headers={"x-who": "limited"})
+        assert "secret" not in {m.id for m in await kernel.pipeline.models(limited)}  # authorized per entry
+        # BrokenLister raised: logged, its names left out, the listing still answered

@@ -29,6 +29,7 @@ from sira_kernel import (
     ConfigError,
     Kernel,
     MessageBus,
+    ModelInfo,
     PluginContext,
     Principal,
     RequestInfo,
@@ -137,6 +138,10 @@ class RouterPlugin:
     def sira_authorize(self, principal: Principal, request: RequestInfo, operation: str, model: str | None) -> None:
         _REQUEST_INFO.set(request)
         return None
+
+    @hookimpl
+    def sira_list_models(self, routes: RouteTable) -> list[ModelInfo]:
+        return self.router.listed_models(routes)
 
     @hookimpl
     def sira_route(self, request: Any, principal: Principal, routes: RouteTable) -> Route | None:

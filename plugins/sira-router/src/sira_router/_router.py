@@ -11,13 +11,14 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from sira_kernel import (
     ConfigError,
     CounterBackend,
     Deployment,
     InProcessCounters,
+    ModelInfo,
     Principal,
     RequestInfo,
     Route,
@@ -112,6 +113,19 @@ class Router:
         self._derived: list[Group] = []
         self._routes: RouteTable | None = None
         self.rules: RuleSet = self._compile_rules(config.rules)
+
+    # -- listing ------------------------------------------------------------------------------------
+
+    def listed_models(self, routes: RouteTable) -> list[ModelInfo]:
+        """Every configured group under its name and each alias, as entries of a model listing.
+
+        A group is an embedding model when every member is one by its provider's listing."""
+        listed = []
+        for name, group in self.groups.items():
+            kinds = {_kind(routes, deployment) for deployment in group.deployments}
+            kind: Literal["chat", "embedding"] = "embedding" if kinds == {"embedding"} else "chat"
+            listed.append(ModelInfo(name, kind=kind, context_window=group.context_window))
+        return listed
 
     # -- the request path --------------------------------------------------------------------------
 
@@ -345,3 +359,13 @@ class Router:
         if troubled:
             detail += ": " + ", ".join(f"{s.deployment} {s.state}" for s in troubled[:20])
         return RouterHealth(routable, detail)
+
+
+def _kind(routes: RouteTable, deployment: Deployment) -> str | None:
+    provider = routes.providers.get(deployment.provider)
+    if provider is None:
+        return None
+    for info in provider.models():
+        if (info.upstream or info.id) == deployment.model or info.id == deployment.model:
+            return info.kind
+    return None
