@@ -390,7 +390,10 @@ class Upstream:
         normalised and rebuilt twice). Pass ``url`` as an ``httpx.URL`` built once to save its parse."""
         if not isinstance(url, httpx.URL):
             url = httpx.URL(url)
-        raw = [(b"host", url.netloc), *headers.raw, (b"content-length", b"%d" % len(body))]
+        raw = [(key, value) for key, value in headers.raw if key.lower() != b"content-length"]
+        if not any(key.lower() == b"host" for key, _ in raw):  # an operator's own Host header stays
+            raw.insert(0, (b"host", url.netloc))
+        raw.append((b"content-length", b"%d" % len(body)))
         request = httpx.Request(
             "POST", url, headers=raw, stream=httpx.ByteStream(body), extensions=self.extensions(ctx)
         )

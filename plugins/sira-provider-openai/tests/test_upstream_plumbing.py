@@ -32,6 +32,10 @@ async def test_post_builds_the_request_httpx_would(
                                                                       plain.extensions)
     assert sorted(fast.headers.multi_items()) == sorted(plain.headers.multi_items())
     assert upstream.post(str(url), headers, body, ctx).url == url  # a string URL is parsed
+    own = httpx.Headers({"host": "gateway.example", "content-length": "999", "x-extra": "1"})
+    request = upstream.post(url, own, body, ctx)  # an operator's Host stays, the length is the body's
+    assert request.headers.get_list("host") == ["gateway.example"]
+    assert request.headers.get_list("content-length") == [str(len(body))]
 
     response = await upstream.send(fast, *upstream.deadlines(ctx)[1::-1])
     try:
