@@ -436,7 +436,10 @@ class Pipeline:
         if principal.max_output_tokens is not None and isinstance(request, ChatRequest):
             _cap_output(request, principal.max_output_tokens)
         route = await self.route(snap, request, principal, info)
-        known = snap.route_table.info(model)
+        table = snap.route_table
+        known = table.info(model)
+        if known is None and route.deployments:  # a routed name (a router's group): what it routes to
+            known = table.deployment_info(route.deployments[0])
         wanted = "embedding" if operation == "embeddings" else "chat"
         if known is not None and known.kind != wanted:
             raise RequestError(

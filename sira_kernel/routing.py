@@ -82,18 +82,22 @@ class RouteTable:
     addresses one provider explicitly.
     """
 
-    __slots__ = ("_by_model", "_infos", "providers")
+    __slots__ = ("_by_deployment", "_by_model", "_infos", "providers")
 
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers: Mapping[str, Provider] = providers
         by_model: dict[str, list[Deployment]] = {}
         infos: dict[str, ModelInfo] = {}
+        by_deployment: dict[Deployment, ModelInfo] = {}
         for name, provider in providers.items():
             for info in provider.models():
-                by_model.setdefault(info.id, []).append(Deployment(name, info.upstream or info.id))
+                deployment = Deployment(name, info.upstream or info.id)
+                by_model.setdefault(info.id, []).append(deployment)
                 infos.setdefault(info.id, info)
+                by_deployment.setdefault(deployment, info)
         self._by_model = {k: tuple(v) for k, v in by_model.items()}
         self._infos = infos
+        self._by_deployment = by_deployment
 
     def lookup(self, model: str) -> tuple[Deployment, ...]:
         found = self._by_model.get(model)
@@ -111,3 +115,7 @@ class RouteTable:
 
     def info(self, model: str) -> ModelInfo | None:
         return self._infos.get(model)
+
+    def deployment_info(self, deployment: Deployment) -> ModelInfo | None:
+        """What the provider lists for ``deployment`` (a model it serves under that upstream name)."""
+        return self._by_deployment.get(deployment)

@@ -18,6 +18,7 @@ from sira_kernel import (
     ProviderRateLimited,
     ProviderRejected,
     ProviderUnavailable,
+    RequestError,
     RequestInfo,
     StreamError,
     StreamEvent,
@@ -294,11 +295,18 @@ async def test_unlisted_models_get_an_implicit_group_unless_disabled() -> None:
 
 
 async def test_aliases_and_embeddings() -> None:
-    config = {"groups": {"emb": {"aliases": ["embed-small"], "deployments": [{"provider": "b", "model": "emb"}]}}}
+    config = {"groups": {"emb": {"aliases": ["embed-small"], "deployments": [{"provider": "b", "model": "m-embed"}]},
+                         "g": group("a")}}
     async with kernel_with(config) as kernel:
         info = new_info()
         response = await kernel.pipeline.embed(EmbeddingRequest(model="embed-small", input=["a", "bc"]), info)
-        assert len(response.data) == 2 and info.route == "b/emb; attempts=1"
+        assert len(response.data) == 2 and info.route == "b/m-embed; attempts=1"
+        # a routed name has the kind of what it routes to: the wrong operation is a 400, not an upstream call
+        with pytest.raises(RequestError, match="is an embedding model"):
+            await kernel.pipeline.chat(ask(model="embed-small"), new_info())
+        with pytest.raises(RequestError, match="is a chat model"):
+            await kernel.pipeline.embed(EmbeddingRequest(model="g", input="a"), new_info())
+        assert provider(kernel, "b").calls == 1 and provider(kernel, "a").calls == 0
 
 
 async def test_unload_of_a_provider_marks_its_deployments_inactive() -> None:
