@@ -16,6 +16,8 @@ from .errors import PluginLoadError
 from .providers import Provider
 
 __all__ = [
+    "Health",
+    "HealthCheck",
     "MiddlewareRegistrar",
     "MiddlewareSpec",
     "OverflowPolicy",
@@ -35,7 +37,27 @@ T = TypeVar("T")
 
 OverflowPolicy = Literal["block", "drop_oldest", "drop_newest"]
 Listener = Literal["public", "admin"]
-HealthCheck = Callable[[], Awaitable[bool] | bool]
+
+
+class Health:
+    """A health check's answer with a reason: true when healthy, and a ``detail`` that the kernel's
+    health report (``/health/ready``, ``/api/v1/health``) shows beside the service, healthy or not."""
+
+    __slots__ = ("detail", "healthy")
+
+    def __init__(self, healthy: bool, detail: str = "") -> None:
+        self.healthy = healthy
+        self.detail = detail
+
+    def __bool__(self) -> bool:
+        return self.healthy
+
+    def __repr__(self) -> str:
+        return f"Health({self.healthy!r}, {self.detail!r})"
+
+
+#: A service's health check: sync or async, answering a bool or a :class:`Health`.
+HealthCheck = Callable[[], Awaitable[bool | Health] | bool | Health]
 
 
 class ServiceSpec(msgspec.Struct, frozen=True):

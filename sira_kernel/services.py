@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import msgspec
 
-from .registrations import ServiceSpec
+from .registrations import Health, ServiceSpec
 
 __all__ = ["ServiceHealth", "ServiceRegistry"]
 
@@ -87,10 +87,8 @@ class ServiceRegistry:
                     if inspect.isawaitable(answer):
                         answer = await answer
                 results[i].healthy = bool(answer)
-                # a check may answer with an object carrying ``detail`` (and a truth value)
-                detail = getattr(answer, "detail", None)
-                if isinstance(detail, str):
-                    results[i].detail = detail
+                if isinstance(answer, Health):
+                    results[i].detail = answer.detail
                 elif not answer:
                     results[i].detail = "health check returned false"
             except TimeoutError:

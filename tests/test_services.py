@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from sira_kernel import hookimpl
+from sira_kernel.registrations import Health
 from sira_kernel.services import ServiceRegistry
 from sira_kernel.testing import FakeProviderPlugin, make_kernel
 
@@ -178,20 +179,13 @@ def test_the_registry_swaps_a_whole_mapping() -> None:
 
 
 async def test_a_health_answer_with_detail_is_reported() -> None:
-    class Report:
-        def __init__(self, ok: bool, detail: str) -> None:
-            self.ok, self.detail = ok, detail
-
-        def __bool__(self) -> bool:
-            return self.ok
-
     class Checked:
         sira_api = 1
 
         @hookimpl
         def sira_register_services(self, register: Any) -> None:
-            register(KeyStore, MemoryKeyStore({}), name="a", health=lambda: Report(False, "breaker open: b1"))
-            register(KeyStore, MemoryKeyStore({}), name="b", health=lambda: Report(True, "2 deployments closed"))
+            register(KeyStore, MemoryKeyStore({}), name="a", health=lambda: Health(False, "breaker open: b1"))
+            register(KeyStore, MemoryKeyStore({}), name="b", health=lambda: Health(True, "2 deployments closed"))
 
     async with make_kernel({"checked": Checked}) as kernel:
         report = {h.name: (h.healthy, h.detail) for h in await kernel.services.health()}

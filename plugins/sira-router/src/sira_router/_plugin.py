@@ -20,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import msgspec
@@ -119,9 +119,8 @@ class RouterPlugin:
 
     @hookimpl
     def sira_register_services(self, register: ServiceRegistrar) -> None:
-        # The check answers a RouterHealth: its truth value is the health, its ``detail`` names the
-        # breakers that are not closed (the kernel keeps only the truth value for now).
-        register(RouterState, self.router, health=cast(Callable[[], bool], self.router.health))
+        # The check answers a Health whose ``detail`` names the breakers that are not closed.
+        register(RouterState, self.router, health=self.router.health)
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:

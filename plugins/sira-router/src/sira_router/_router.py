@@ -26,6 +26,7 @@ from sira_kernel import (
     UsageRecord,
 )
 from sira_kernel.accounting import PriceBook, estimate_chat_tokens
+from sira_kernel.registrations import Health
 
 from ._breaker import BreakerState, BreakerStore, LocalBreakers, RetryBudget
 from ._config import RouterConfig, RuleConfig
@@ -61,21 +62,9 @@ class RouterState(Protocol):
         ...
 
 
-class RouterHealth:
-    """The health check's answer: truthy when the router can route somewhere; ``detail`` names
-    every breaker that is not closed."""
-
-    __slots__ = ("detail", "healthy")
-
-    def __init__(self, healthy: bool, detail: str) -> None:
-        self.healthy = healthy
-        self.detail = detail
-
-    def __bool__(self) -> bool:
-        return self.healthy
-
-    def __repr__(self) -> str:
-        return f"RouterHealth({self.healthy}, {self.detail!r})"
+RouterHealth = Health
+"""The router's health answer (true when some deployment can take a request; ``detail`` names the
+breakers that are not closed): the kernel's :class:`~sira_kernel.registrations.Health`."""
 
 
 class Router:

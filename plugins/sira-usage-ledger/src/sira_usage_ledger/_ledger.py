@@ -40,6 +40,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from sira_kernel import UsageRecord
 from sira_kernel.bus import MessageBus, Subscription, SubscriptionStats
 from sira_kernel.logs import redact
+from sira_kernel.registrations import Health
 from sira_kernel.storage import UsageStore
 
 from ._config import LedgerConfig
@@ -88,18 +89,8 @@ class LedgerCounters(msgspec.Struct, kw_only=True):
     falling behind), ``dropped``…"""
 
 
-class LedgerHealth:
-    """A health answer with a detail (the kernel reads ``bool()`` and ``detail``)."""
-
-    def __init__(self, healthy: bool, detail: str) -> None:
-        self.healthy = healthy
-        self.detail = detail
-
-    def __bool__(self) -> bool:
-        return self.healthy
-
-    def __repr__(self) -> str:
-        return f"LedgerHealth({self.healthy!r}, {self.detail!r})"
+LedgerHealth = Health
+"""The ledger's health answer: the kernel's :class:`~sira_kernel.registrations.Health`."""
 
 
 @runtime_checkable

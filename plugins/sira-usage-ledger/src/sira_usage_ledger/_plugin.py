@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import cast
 
 import msgspec
 from starlette.requests import Request
@@ -14,7 +13,7 @@ from starlette.responses import Response
 from sira_kernel import KernelConfig, PluginContext, Principal, hookimpl
 from sira_kernel.admin import ADMIN_ROLE
 from sira_kernel.asgi import json_error
-from sira_kernel.registrations import HealthCheck, RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
+from sira_kernel.registrations import RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
 from sira_kernel.storage import UsageStore
 
 from ._config import LedgerConfig
@@ -120,7 +119,7 @@ class LedgerPlugin:
     def sira_register_services(self, register: ServiceRegistrar) -> None:
         ledger = self._running()
         # The check answers a LedgerHealth: true or false, with a detail the health report shows.
-        register(LedgerStatus, ledger, health=cast("HealthCheck", self._health))
+        register(LedgerStatus, ledger, health=self._health)
 
     @hookimpl
     def sira_register_routes(self, register: RouteRegistrar) -> None:
