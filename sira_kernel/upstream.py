@@ -41,7 +41,7 @@ import email.utils
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeAlias, TypeVar, cast
 
 import anyio
 import httpx
@@ -52,7 +52,7 @@ from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
 from .hookspecs import hookimpl
 from .logs import REDACTED, redact
 from .providers import CallContext, EventBatches, Provider
-from .types import ChatRequest, StreamEvent
+from .types import ChatRequest, ModelInfo, StreamEvent
 
 if TYPE_CHECKING:
     from .context import PluginContext
@@ -72,6 +72,7 @@ __all__ = [
     "parse_retry_after",
     "provider_lifespan",
     "request_headers",
+    "served_models",
     "sanitize",
     "transport_error",
 ]
@@ -167,6 +168,31 @@ def request_headers(
         httpx.Headers({**headers, "accept": "application/json"}),
         httpx.Headers({**headers, "accept": "text/event-stream"}),
     )
+
+
+def served_models(
+    models: Iterable[str],
+    aliases: Mapping[str, str],
+    *,
+    embedding_models: Iterable[str] = (),
+    discovered: Iterable[ModelInfo] = (),
+    owned_by: str = "sira",
+) -> list[ModelInfo]:
+    """What an adapter's ``models()`` lists: the configured chat and embedding models (sent upstream
+    under their own names), each alias (an ``embedding`` model when its target is one), then the
+    discovered models the configuration does not already name."""
+    embedding = list(embedding_models)
+    infos: dict[str, ModelInfo] = {}
+    for model in models:
+        infos.setdefault(model, ModelInfo(id=model, owned_by=owned_by, upstream=model))
+    for model in embedding:
+        infos.setdefault(model, ModelInfo(id=model, owned_by=owned_by, upstream=model, kind="embedding"))
+    for alias, target in aliases.items():
+        kind: Literal["chat", "embedding"] = "embedding" if target in embedding else "chat"
+        infos[alias] = ModelInfo(id=alias, owned_by=owned_by, upstream=target, kind=kind)
+    for info in discovered:
+        infos.setdefault(info.id, info)
+    return list(infos.values())
 
 
 def _header(response: httpx.Response, name: bytes) -> bytes | None:

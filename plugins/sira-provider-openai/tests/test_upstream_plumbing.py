@@ -75,3 +75,20 @@ async def test_a_declared_length_over_the_limit_is_refused_before_reading(
     fake.enqueue(Fault(body=b"{" + b" " * 200 + b"}"))
     with pytest.raises(Exception, match="larger than 100 bytes"):
         await provider.chat(ask("hi"), ctx)
+
+
+def test_served_models_lists_configured_names_aliases_then_discovered() -> None:
+    from sira_kernel.types import ModelInfo
+    from sira_kernel.upstream import served_models
+
+    listed = served_models(
+        ["chat-a"], {"fast": "chat-a", "vectors": "emb-a", "chat-a": "chat-b"},
+        embedding_models=["emb-a"], discovered=[ModelInfo("chat-a", owned_by="up"), ModelInfo("new-1")],
+        owned_by="acme",
+    )
+    by_id = {m.id: m for m in listed}
+    assert [m.id for m in listed] == ["chat-a", "emb-a", "fast", "vectors", "new-1"]
+    assert by_id["emb-a"].kind == "embedding" and by_id["vectors"].kind == "embedding"
+    assert (by_id["fast"].upstream, by_id["fast"].kind, by_id["fast"].owned_by) == ("chat-a", "chat", "acme")
+    assert by_id["chat-a"].upstream == "chat-b"  # an alias may re-point a configured name
+    assert by_id["new-1"].owned_by == "sira"  # discovered entries are kept as the adapter made them

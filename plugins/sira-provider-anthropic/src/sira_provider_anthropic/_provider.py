@@ -24,7 +24,14 @@ from sira_kernel.types import (
     StreamEvent,
     StreamStart,
 )
-from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
+from sira_kernel.upstream import (
+    ERROR_BODY_LIMIT,
+    Upstream,
+    UpstreamProvider,
+    request_headers,
+    sanitize,
+    served_models,
+)
 
 from ._config import AnthropicConfig
 from ._errors import ERROR_STATUS, error_for, status_error, upstream_error
@@ -61,11 +68,7 @@ class AnthropicProvider(UpstreamProvider):
         if key:
             own["x-api-key"] = key
         self._json_headers, self._sse_headers = request_headers(USER_AGENT, config.headers, own)
-        models: dict[str, ModelInfo] = {m: ModelInfo(id=m, upstream=m) for m in config.models}
-        models.update(
-            {alias: ModelInfo(id=alias, upstream=target) for alias, target in config.aliases.items()}
-        )
-        self._models = list(models.values())
+        self._models = served_models(config.models, config.aliases)
 
     # -- the Provider protocol ----------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import httpx
@@ -31,7 +31,14 @@ from sira_kernel.types import (
     StreamEvent,
     Usage,
 )
-from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
+from sira_kernel.upstream import (
+    ERROR_BODY_LIMIT,
+    Upstream,
+    UpstreamProvider,
+    request_headers,
+    sanitize,
+    served_models,
+)
 
 from ._config import GeminiConfig
 from ._errors import blocked_prompt, google_error, status_error
@@ -107,18 +114,8 @@ class GeminiProvider(UpstreamProvider):
 
     def _model_infos(self) -> list[ModelInfo]:
         config = self.config
-        infos: dict[str, ModelInfo] = {}
-        embedding = set(config.embedding_models)
-        for model in config.models:
-            infos.setdefault(model, ModelInfo(id=model, owned_by="google", upstream=model))
-        for model in config.embedding_models:
-            infos.setdefault(model, ModelInfo(id=model, owned_by="google", upstream=model, kind="embedding"))
-        for alias, upstream in config.aliases.items():
-            kind: Literal["chat", "embedding"] = "embedding" if upstream in embedding else "chat"
-            infos[alias] = ModelInfo(id=alias, owned_by="google", upstream=upstream, kind=kind)
-        for info in self._discovered:
-            infos.setdefault(info.id, info)
-        return list(infos.values())
+        return served_models(config.models, config.aliases, embedding_models=config.embedding_models,
+                             discovered=self._discovered, owned_by="google")
 
     async def discover(self, *, timeout: float = 10.0) -> list[str]:
         """List ``GET /{api_version}/models`` (every page) and serve the chat and embedding models in it."""

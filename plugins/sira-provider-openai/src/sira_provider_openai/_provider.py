@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import Literal
 
 import httpx
 import msgspec
@@ -25,7 +24,14 @@ from sira_kernel.types import (
     StreamEvent,
     StreamStart,
 )
-from sira_kernel.upstream import ERROR_BODY_LIMIT, Upstream, UpstreamProvider, request_headers, sanitize
+from sira_kernel.upstream import (
+    ERROR_BODY_LIMIT,
+    Upstream,
+    UpstreamProvider,
+    request_headers,
+    sanitize,
+    served_models,
+)
 
 from . import _wire
 from ._config import OpenAIConfig
@@ -77,19 +83,12 @@ class OpenAIProvider(UpstreamProvider):
 
     def _model_infos(self) -> list[ModelInfo]:
         config = self.config
-        infos: dict[str, ModelInfo] = {}
-        embedding = set(config.embedding_models)
-        for model in config.models:
-            infos.setdefault(model, ModelInfo(id=model, upstream=model))
-        for model in config.embedding_models:
-            infos.setdefault(model, ModelInfo(id=model, upstream=model, kind="embedding"))
-        for alias, upstream in config.aliases.items():
-            kind: Literal["chat", "embedding"] = "embedding" if upstream in embedding else "chat"
-            infos[alias] = ModelInfo(id=alias, upstream=upstream, kind=kind)
-        for model in self._discovered:
-            kind = "embedding" if "embed" in model else "chat"  # a guess: /models does not say
-            infos.setdefault(model, ModelInfo(id=model, upstream=model, kind=kind))
-        return list(infos.values())
+        discovered = [  # a guess at the kind: /models does not say
+            ModelInfo(id=name, upstream=name, kind="embedding" if "embed" in name else "chat")
+            for name in self._discovered
+        ]
+        return served_models(config.models, config.aliases, embedding_models=config.embedding_models,
+                             discovered=discovered)
 
     async def discover(self, *, timeout: float = 10.0) -> list[str]:
         """Fetch ``GET /models`` and serve what it lists (besides the configured models)."""
