@@ -266,13 +266,9 @@ class ChatStream:
                     self._plan.report(self.deployment, error, time.perf_counter() - self._attempt_started, ttft)
                 except Exception:
                     _log.exception("pipeline.plan_report_failed")
-                assert call.reservation is not None
                 if self.usage is not None or failed is None:
-                    await call.reservation.settle(record.total_tokens)
-                else:
-                    await call.reservation.release()
-                call.reservation = None
-                self._pipeline._finish(record, call.started)
+                    await call.settle()
+                await self._pipeline._close(call)  # gives back a reservation nothing was measured for
 
 
 class _Call:
@@ -286,6 +282,12 @@ class _Call:
         self.request = request
         self.reservation: Reservation | None = None
         self.deadline = 0.0
+
+    async def settle(self) -> None:
+        """Settle the capacity reserved for this call at the tokens its record counts."""
+        assert self.reservation is not None
+        reservation, self.reservation = self.reservation, None
+        await reservation.settle(self.record.total_tokens)
 
 
 class Pipeline:
@@ -564,9 +566,7 @@ class Pipeline:
                     c.message.content for c in response.choices if isinstance(c.message.content, str)
                 )
                 self._count_usage(record, request, completion)
-            assert call.reservation is not None
-            await call.reservation.settle(record.total_tokens)
-            call.reservation = None
+            await call.settle()
             return response
         except BaseException as exc:
             self._failed(call.record, exc)
@@ -622,9 +622,7 @@ class Pipeline:
             if response.usage is not None:
                 record.prompt_tokens = response.usage.prompt_tokens
                 record.total_tokens = response.usage.total_tokens or response.usage.prompt_tokens
-            assert call.reservation is not None
-            await call.reservation.settle(record.total_tokens)
-            call.reservation = None
+            await call.settle()
             return response
         except BaseException as exc:
             self._failed(call.record, exc)
