@@ -99,9 +99,6 @@ class ServerConfig(_Section):
     admin_port: Port = 8081
     access_log: bool = False
     graceful_timeout: Seconds = 30.0
-    gc_threshold: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Allocations between two collections of Python's youngest GC generation in `sira serve`
-    workers; 0 (the default) keeps Python's own setting."""
     gc_freeze: bool = True
     """After startup, move every object that exists then out of the cyclic collector's view
     (``gc.freeze()``), so full collections do not walk the kernel and the libraries each time."""

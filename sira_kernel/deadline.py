@@ -4,8 +4,8 @@ An anyio cancel scope with a deadline costs 6–9 µs to enter and leave (a time
 stack, the backend lookup), which is a visible share of a request that costs ~120 µs in Sira's own
 code. Where the guarded region is one await of code that holds no anyio shield of its own (an
 HTTP read, the upstream's answer, a request body), a plain timer that cancels the task while it is
-inside that await does the same job for a third of the cost: :class:`TaskDeadline` (used across
-several awaits, e.g. every read of a stream) and :func:`within` (one await).
+inside that await does the same job for half the cost: :class:`TaskDeadline`, as a ``with`` block
+around one await, or across several (every read of a stream) with its ``reading`` flag.
 
 Only asyncio is supported (the kernel runs on uvloop or asyncio). A cancellation that does not come
 from the timer (the client left, a plugin unloads, an enclosing cancel scope) always passes through.
@@ -14,17 +14,13 @@ from the timer (the client left, a plugin unloads, an enclosing cancel scope) al
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
-from typing import TypeVar
 
-__all__ = ["TaskDeadline", "within"]
-
-T = TypeVar("T")
+__all__ = ["TaskDeadline"]
 
 
 class TaskDeadline:
-    """A deadline for the awaits of the current task made inside ``with deadline:``, in :meth:`run`
-    or between ``reading = True`` and ``reading = False``, with one timer however many awaits there are.
+    """A deadline for the awaits of the current task made inside ``with deadline:`` or between
+    ``reading = True`` and ``reading = False``, with one timer however many awaits there are.
 
     The timer cancels the task only while it is inside a guarded await; a deadline that passes
     between them sets :attr:`expired`, for the caller to check before its next await. :meth:`caught`
@@ -35,8 +31,8 @@ class TaskDeadline:
     __slots__ = ("_cancelled", "_handle", "_loop", "_task", "expired", "reading", "timed_out")
 
     def __init__(self, deadline: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        self._task = task = asyncio.current_task()
+        self._loop = task.get_loop() if task is not None else asyncio.get_running_loop()
         self._handle: asyncio.TimerHandle | None = None
         self._cancelled = False
         self.expired = False
@@ -89,29 +85,3 @@ class TaskDeadline:
             self.timed_out = True
             return True
         return False
-
-    async def run(self, awaitable: Awaitable[T]) -> T:
-        """Await ``awaitable``; ``TimeoutError`` if the deadline passes first (or already has)."""
-        if self.expired:
-            if isinstance(awaitable, Coroutine):
-                awaitable.close()  # never started: say so, instead of "never awaited"
-            raise TimeoutError
-        self.reading = True
-        try:
-            return await awaitable
-        except asyncio.CancelledError as exc:
-            if self.caught(exc):
-                raise TimeoutError from None
-            raise
-        finally:
-            self.reading = False
-
-
-async def within(deadline: float, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` before ``deadline`` (``loop.time()``), else cancel it and raise ``TimeoutError``.
-
-    For one await whose code holds no anyio shield; see the module documentation.
-    """
-    with TaskDeadline(deadline):
-        return await awaitable
-    raise TimeoutError

@@ -39,18 +39,10 @@ def create_app() -> KernelApp:
 
 
 def tune_gc(kernel: Kernel) -> None:
-    """Set a worker's cyclic garbage collector for serving, once its kernel has started.
-
-    ``server.gc_freeze`` takes what exists after startup (the kernel, the plugins, the libraries)
-    out of the collector's view (``gc.freeze()``), so a full collection walks only what requests
-    left behind instead of pausing the worker for ~13 ms; unloading a plugin gives it back (see
-    ``PluginRegistry.unload``). ``server.gc_threshold`` sets how many allocations pass between two
-    collections of the youngest generation (0: Python's own setting).
-    """
-    server = kernel.config.server
-    if server.gc_freeze:
+    """Once a worker's kernel has started: with ``server.gc_freeze``, take what exists then (the
+    kernel, the plugins, the libraries) out of the cyclic collector's view (``gc.freeze()``), so a
+    full collection walks only what requests left behind instead of pausing the worker for ~13 ms.
+    Unloading a plugin gives it back (see ``PluginRegistry.unload``)."""
+    if kernel.config.server.gc_freeze:
         gc.collect()
         gc.freeze()
-    if server.gc_threshold:
-        _, middle, oldest = gc.get_threshold()
-        gc.set_threshold(server.gc_threshold, middle, oldest)
