@@ -45,6 +45,7 @@ from sira_auth_keys import AuthKeysPlugin, KeyHasher, generate_key
 from sira_auth_keys._auth import KeyAuthenticator
 from sira_storage_sqlite import SQLiteStorage
 
+from loops import add_loop_option, run
 from sira_kernel import AuthenticationFailed, ChatRequest, Message, RequestInfo
 from sira_kernel.kernel import Kernel
 from sira_kernel.logs import configure_logging
@@ -300,8 +301,7 @@ async def main(sizes: Sizes) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                        help="event loop (auto: uvloop when installed)")
+    add_loop_option(parser)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--keys", type=int, help="keys stored (default 100,000)")
     args = parser.parse_args()
@@ -309,15 +309,7 @@ def cli() -> None:
     if args.keys:
         sizes = msgspec.structs.replace(sizes, keys=args.keys)
     configure_logging(level="warning")
-    use_uvloop = args.loop == "uvloop"
-    if args.loop == "auto":
-        try:
-            import uvloop  # noqa: F401
-
-            use_uvloop = True
-        except ImportError:
-            use_uvloop = False
-    anyio.run(main, sizes, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    run(main, sizes, loop=args.loop)
 
 
 if __name__ == "__main__":

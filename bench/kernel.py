@@ -31,6 +31,7 @@ import anyio
 import anyio.lowlevel
 import msgspec
 
+from loops import add_loop_option, run
 from sira_kernel.auth import Principal, RequestInfo
 from sira_kernel.bus import MessageBus, Subscription
 from sira_kernel.hookspecs import hookimpl
@@ -308,20 +309,11 @@ async def main(sizes: Sizes) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                        help="event loop (auto: uvloop when installed)")
+    add_loop_option(parser)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     args = parser.parse_args()
-    use_uvloop = args.loop == "uvloop"
-    if args.loop == "auto":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            use_uvloop = False
-        else:
-            use_uvloop = True
     configure_logging(level="warning")  # plugin lifecycle lines would interleave with the table
-    anyio.run(main, QUICK if args.quick else Sizes(), backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    run(main, QUICK if args.quick else Sizes(), loop=args.loop)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import anyio
 import msgspec
 from sira_router import Router, RouterConfig, RouterPlugin
 
+from loops import add_loop_option, run
 from sira_kernel import ChatRequest, Message, Principal, RequestInfo
 from sira_kernel.kernel import Kernel
 from sira_kernel.logs import configure_logging
@@ -196,24 +197,15 @@ async def main(sizes: Sizes) -> None:
 
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
-                        help="event loop (auto: uvloop when installed)")
+    add_loop_option(parser)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--reps", type=int, help="repetitions (median reported)")
     args = parser.parse_args()
-    use_uvloop = args.loop == "uvloop"
-    if args.loop == "auto":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
-            use_uvloop = False
-        else:
-            use_uvloop = True
     sizes = QUICK if args.quick else Sizes()
     if args.reps:
         sizes = msgspec.structs.replace(sizes, reps=args.reps)
     configure_logging(level="warning")  # plugin lifecycle lines would interleave with the table
-    anyio.run(main, sizes, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    run(main, sizes, loop=args.loop)
 
 
 if __name__ == "__main__":

@@ -248,10 +248,7 @@ async def test_several_instances_of_one_plugin(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_the_repository_kernel_toml_loads() -> None:
-    path = REPO_ROOT / "kernel.toml"
-    if not path.exists():
-        pytest.skip("kernel.toml is not in the repository yet")
-    config = load_config(path)
+    config = load_config(REPO_ROOT / "kernel.toml")
     assert config.kernel.plugins, "the default config should enable some plugins"
     assert set(config.enabled_plugins()) <= set(config.kernel.plugins)
     installed = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
