@@ -41,10 +41,11 @@ import email.utils
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self, TypeAlias, TypeVar, cast
 
 import anyio
 import httpx
+import msgspec
 from httpx_aiohttp import AiohttpTransport
 
 from .deadline import TaskDeadline
@@ -69,6 +70,7 @@ __all__ = [
     "UpstreamConfig",
     "UpstreamProvider",
     "UpstreamProviderPlugin",
+    "UpstreamSettings",
     "parse_retry_after",
     "provider_lifespan",
     "request_headers",
@@ -228,6 +230,33 @@ async def _raw(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> AsyncGen
 
 
 # -- protocols --------------------------------------------------------------------------------------
+
+
+_Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class UpstreamSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The config keys every HTTP upstream shares, validated once: subclass it for an adapter's
+    ``Config`` (``class MyConfig(UpstreamSettings, kw_only=True, forbid_unknown_fields=True)``) and add
+    the adapter's own keys. It is what :class:`Upstream` reads (:class:`UpstreamConfig`) plus the
+    operator's extra ``headers`` (for :func:`request_headers`)."""
+
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    """Extra static headers on every upstream request (their values are redacted from errors)."""
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 256
+    """Connection pool size for this upstream."""
+    keepalive_expiry: _Positive = 30.0
+    """Seconds an idle pooled connection is kept open."""
+    connect_timeout: _Positive | None = None
+    """Tighten the kernel's ``limits.connect_timeout`` for this upstream (the smaller one wins)."""
+    first_token_timeout: _Positive | None = None
+    """Tighten the kernel's ``limits.first_token_timeout`` for this upstream (the smaller one wins)."""
+    total_timeout: _Positive | None = None
+    """Tighten the kernel's ``limits.total_timeout`` for this upstream (the smaller one wins)."""
+    ca_bundle: str | None = None
+    """A PEM file of CA certificates to trust instead of the default ones (a proxy with its own CA)."""
+    proxy: str | None = None
+    """An HTTP(S) proxy URL for this upstream (environment proxy variables are never read)."""
 
 
 class UpstreamConfig(Protocol):

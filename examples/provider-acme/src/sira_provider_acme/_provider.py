@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import msgspec
@@ -20,7 +20,7 @@ from sira_kernel import (
     Secret,
     StreamEvent,
 )
-from sira_kernel.upstream import Upstream, UpstreamProvider, UpstreamProviderPlugin, request_headers
+from sira_kernel.upstream import Upstream, UpstreamProvider, UpstreamProviderPlugin, UpstreamSettings, request_headers
 
 from ._wire import AcmeStreamParser, answer_events, decode_answer, encode_request, status_error
 
@@ -31,7 +31,7 @@ USER_AGENT = "sira-provider-acme/0.1"
 STREAM_TYPE = "application/vnd.acme.stream"
 
 
-class AcmeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class AcmeConfig(UpstreamSettings, kw_only=True, forbid_unknown_fields=True):
     """The ``[plugins.<id>]`` section: where Acme is, the key, what it serves, how to pool connections."""
 
     base_url: str = "https://api.acme.example"
@@ -42,23 +42,9 @@ class AcmeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Acme engines served, public id = engine name."""
     aliases: dict[str, str] = msgspec.field(default_factory=dict)
     """Public model id -> Acme engine."""
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra static headers on every request (their values are redacted from errors)."""
-    # The keys sira_kernel.upstream.Upstream reads (its UpstreamConfig protocol):
-    max_connections: int = 64
+    # UpstreamSettings brings headers, timeouts, ca_bundle and proxy; a smaller pool suits Acme:
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 64
     """Connection pool size."""
-    keepalive_expiry: float = 30.0
-    """Seconds an idle pooled connection is kept open."""
-    connect_timeout: float | None = None
-    """Tighten the kernel's ``limits.connect_timeout`` (the smaller one wins)."""
-    first_token_timeout: float | None = None
-    """Tighten the kernel's ``limits.first_token_timeout``."""
-    total_timeout: float | None = None
-    """Tighten the kernel's ``limits.total_timeout``."""
-    ca_bundle: str | None = None
-    """A PEM file of CA certificates to trust instead of the default ones."""
-    proxy: str | None = None
-    """An HTTP(S) proxy URL."""
 
 
 class AcmeProvider(UpstreamProvider):

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 from sira_kernel.config import Secret
+from sira_kernel.upstream import UpstreamSettings
 
 __all__ = ["DEFAULT_PASSTHROUGH_FIELDS", "AnthropicConfig"]
 
@@ -17,7 +18,7 @@ PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 
 
-class AnthropicConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class AnthropicConfig(UpstreamSettings, kw_only=True, forbid_unknown_fields=True):
     """Where the upstream is, how to authenticate, what it serves and how requests are shaped.
 
     Every key is documented in the distribution's README. The upstream URL, the key and the headers
@@ -41,22 +42,6 @@ class AnthropicConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     thinking: dict[str, Any] | None = None
     """Extended thinking for every request that does not set its own ``thinking``, e.g.
     ``{type = "enabled", budget_tokens = 2048}``."""
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra static headers on every upstream request (their values are redacted from errors)."""
     passthrough_fields: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PASSTHROUGH_FIELDS))
     """Request fields Sira does not model (``ChatRequest.extra``) forwarded to Anthropic; any other
     extra field is dropped. Never one Sira builds itself (``model``, ``messages``, ``system``…)."""
-    max_connections: PositiveInt = 256
-    """Connection pool size for this upstream."""
-    keepalive_expiry: float = 30.0
-    """Seconds an idle pooled connection is kept open."""
-    connect_timeout: PositiveFloat | None = None
-    """Tighten the kernel's ``limits.connect_timeout`` for this upstream (the smaller one wins)."""
-    first_token_timeout: PositiveFloat | None = None
-    """Tighten the kernel's ``limits.first_token_timeout`` for this upstream (the smaller one wins)."""
-    total_timeout: PositiveFloat | None = None
-    """Tighten the kernel's ``limits.total_timeout`` for this upstream (the smaller one wins)."""
-    ca_bundle: str | None = None
-    """A PEM file of CA certificates to trust instead of the default ones."""
-    proxy: str | None = None
-    """An HTTP(S) proxy URL for upstream requests. Environment proxy variables are not read."""

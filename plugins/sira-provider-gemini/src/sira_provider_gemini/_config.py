@@ -6,6 +6,7 @@ import re
 
 import msgspec
 from sira_kernel.config import Secret
+from sira_kernel.upstream import UpstreamSettings
 
 __all__ = ["GeminiConfig", "SafetySetting"]
 
@@ -25,7 +26,7 @@ class SafetySetting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """``BLOCK_NONE``, ``BLOCK_ONLY_HIGH``, ``BLOCK_MEDIUM_AND_ABOVE``, ``BLOCK_LOW_AND_ABOVE`` or ``OFF``."""
 
 
-class GeminiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class GeminiConfig(UpstreamSettings, kw_only=True, forbid_unknown_fields=True):
     """Where the Gemini API is, how to authenticate, what it serves and how to pool connections.
 
     Every key is documented in the distribution's README. The upstream URL and credentials come only
@@ -52,24 +53,8 @@ class GeminiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     thought_signature_fallback: str = SKIP_SIGNATURE
     """The ``thoughtSignature`` put on an assistant function-call turn that arrives without its own
     (OpenAI-format clients cannot carry one back). ``""`` sends none."""
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra static headers on every upstream request (their values are redacted from errors)."""
-    max_connections: int = 256
-    """Connection pool size for this upstream."""
-    keepalive_expiry: float = 30.0
-    """Seconds an idle pooled connection is kept open."""
     discover_models: bool = False
     """List ``GET /{api_version}/models`` at startup and serve every model it lists, besides ``models``."""
-    connect_timeout: float | None = None
-    """Tighten the kernel's ``limits.connect_timeout`` for this upstream (the smaller one wins)."""
-    first_token_timeout: float | None = None
-    """Tighten the kernel's ``limits.first_token_timeout`` for this upstream (the smaller one wins)."""
-    total_timeout: float | None = None
-    """Tighten the kernel's ``limits.total_timeout`` for this upstream (the smaller one wins)."""
-    ca_bundle: str | None = None
-    """A PEM file of CA certificates to trust instead of the default ones (a proxy with its own CA)."""
-    proxy: str | None = None
-    """An HTTP(S) proxy URL for upstream requests. Environment proxy variables are not read."""
     passthrough_fields: bool = True
     """Forward Gemini-native request fields a client adds (``generationConfig``, ``safetySettings``,
     ``toolConfig``, ``cachedContent``, native tools) and the known extras ``top_k`` and
@@ -80,5 +65,3 @@ class GeminiConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("api_version must look like 'v1beta' or 'v1'")
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError("base_url must be an http(s) URL")
-        if self.max_connections < 1:
-            raise ValueError("max_connections must be at least 1")

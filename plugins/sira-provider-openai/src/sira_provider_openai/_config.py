@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import msgspec
 from sira_kernel.config import Secret
+from sira_kernel.upstream import UpstreamSettings
 
 __all__ = ["OpenAIConfig"]
 
 
-class OpenAIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class OpenAIConfig(UpstreamSettings, kw_only=True, forbid_unknown_fields=True):
     """Where the upstream is, how to authenticate, what it serves and how to pool connections.
 
     Every key is documented in the distribution's README. The upstream URL and credentials come only
@@ -30,30 +31,14 @@ class OpenAIConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Public model id -> upstream model name (Azure: deployment name)."""
     embedding_models: list[str] = msgspec.field(default_factory=list)
     """Embedding model ids served."""
-    headers: dict[str, str] = msgspec.field(default_factory=dict)
-    """Extra static headers sent on every upstream request (their values are redacted from errors)."""
     azure: bool = False
     """Use Azure OpenAI's URL scheme and ``api-key`` header."""
     api_version: str = "2024-10-21"
     """Azure ``api-version`` query parameter."""
-    max_connections: int = 256
-    """Connection pool size for this upstream."""
-    keepalive_expiry: float = 30.0
-    """Seconds an idle pooled connection is kept open."""
     discover_models: bool = False
     """Fetch ``GET /models`` at startup and serve every model it lists, besides ``models``."""
-    connect_timeout: float | None = None
-    """Tighten the kernel's ``limits.connect_timeout`` for this upstream (the smaller one wins)."""
-    first_token_timeout: float | None = None
-    """Tighten the kernel's ``limits.first_token_timeout`` for this upstream (the smaller one wins)."""
-    total_timeout: float | None = None
-    """Tighten the kernel's ``limits.total_timeout`` for this upstream (the smaller one wins)."""
     stream_usage: bool = True
     """Ask the upstream for a final usage chunk on every stream (``stream_options.include_usage``)
     so usage can be metered even when the client did not ask for it."""
     passthrough_fields: bool = True
     """Forward request fields Sira does not model (``ChatRequest.extra``) to the upstream."""
-    ca_bundle: str | None = None
-    """A PEM file of CA certificates to trust instead of the default ones (self-hosted servers)."""
-    proxy: str | None = None
-    """An HTTP(S) proxy URL for upstream requests. Environment proxy variables are not read."""
