@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .logs import get_logger
 from .types import ChatRequest
 
 if TYPE_CHECKING:
@@ -26,10 +27,13 @@ if TYPE_CHECKING:
 __all__ = [
     "PriceBook",
     "TokenCounter",
+    "count_chat_tokens",
     "estimate_chat_tokens",
     "estimate_text_tokens",
     "message_text",
 ]
+
+_log = get_logger("sira.accounting")
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
@@ -84,6 +88,18 @@ def message_text(request: ChatRequest) -> list[str]:
                 pieces.append(call.function.name)
                 pieces.append(call.function.arguments)
     return pieces
+
+
+def count_chat_tokens(counter: TokenCounter | None, request: ChatRequest) -> int:
+    """The prompt tokens of ``request``: ``counter``'s count (the ``TokenCounter`` service, when
+    one is registered), else :func:`estimate_chat_tokens`. A counter that fails is logged and the
+    estimate used: counting never fails a request."""
+    if counter is not None:
+        try:
+            return counter.count_chat(request)
+        except Exception:
+            _log.exception("accounting.token_count_failed", model=request.model)
+    return estimate_chat_tokens(request)
 
 
 def estimate_chat_tokens(request: ChatRequest) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from .accounting import PriceBook, TokenCounter, estimate_chat_tokens, estimate_text_tokens
+from .accounting import PriceBook, TokenCounter, count_chat_tokens, estimate_text_tokens
 from .auth import Principal, RequestInfo
 from .errors import (
     AuthenticationFailed,
@@ -383,13 +383,7 @@ class Pipeline:
         self.kernel.bus.publish_nowait(record)
 
     def _prompt_tokens(self, request: ChatRequest) -> int:
-        counter = self.kernel.services.find(TokenCounter)
-        if counter is not None:
-            try:
-                return counter.count_chat(request)
-            except Exception:
-                _log.exception("pipeline.token_count_failed", model=request.model)
-        return estimate_chat_tokens(request)
+        return count_chat_tokens(self.kernel.services.find(TokenCounter), request)
 
     def _count_usage(self, record: UsageRecord, request: ChatRequest, completion: str) -> None:
         """The provider reported no usage: count it here so the request is still accounted for."""

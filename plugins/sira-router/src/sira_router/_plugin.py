@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import msgspec
 from sira_kernel import (
-    ChatRequest,
     ConfigError,
     Kernel,
     MessageBus,
@@ -37,7 +36,7 @@ from sira_kernel import (
     RouteTable,
     hookimpl,
 )
-from sira_kernel.accounting import PriceBook, TokenCounter, estimate_chat_tokens
+from sira_kernel.accounting import PriceBook, TokenCounter, count_chat_tokens
 from sira_kernel.bus import topic_matches
 from sira_kernel.logs import get_logger
 from sira_kernel.registrations import RouteRegistrar, ServiceRegistrar, SubscriptionRegistrar
@@ -99,16 +98,7 @@ class RouterPlugin:
         router.counters = context.scheduler.backend
         router.price_book = lambda: services.find(PriceBook)
 
-        def count_tokens(request: ChatRequest) -> int:
-            counter = services.find(TokenCounter)
-            if counter is not None:
-                try:
-                    return counter.count_chat(request)
-                except Exception:
-                    _log.exception("router.token_count_failed", model=request.model)
-            return estimate_chat_tokens(request)
-
-        router.count_tokens = count_tokens
+        router.count_tokens = lambda request: count_chat_tokens(services.find(TokenCounter), request)
         router.publish = _publisher(context.bus)
         self.kernel = context.kernel
         try:
