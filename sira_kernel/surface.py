@@ -370,6 +370,12 @@ class Endpoint(Generic[PluginT]):
         except SiraError as exc:
             await self.send_error(scope, send, exc)
 
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body within the kernel's ``limits.max_body_bytes`` and ``limits.body_timeout``
+        (:func:`read_body`)."""
+        limits = self.kernel.config.limits
+        return await read_body(scope, receive, limits.max_body_bytes, limits.body_timeout)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one request."""
         raise NotImplementedError

@@ -23,7 +23,6 @@ from sira_kernel.surface import (
     Scope,
     Send,
     SurfacePlugin,
-    read_body,
     relay_stream,
     request_id_header,
     request_info,
@@ -92,7 +91,7 @@ class Messages(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
+        body = await self.read_body(scope, receive)
         request = decode_messages(body, cache_control=self.plugin.config.cache_control)
         info = request_info(scope, "anthropic")
         if not request.stream:
@@ -152,7 +151,7 @@ class CountTokens(_Endpoint):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
+        body = await self.read_body(scope, receive)
         request = decode_messages(body, count_only=True, cache_control=self.plugin.config.cache_control)
         info = request_info(scope, "anthropic")
 

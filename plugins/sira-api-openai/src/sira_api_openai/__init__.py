@@ -31,7 +31,6 @@ from sira_kernel.surface import (
     Scope,
     Send,
     SurfacePlugin,
-    read_body,
     relay_stream,
     request_info,
     retry_after_headers,
@@ -64,7 +63,7 @@ class _Endpoint(Endpoint["OpenAISurfacePlugin"]):
 class ChatCompletions(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
+        body = await self.read_body(scope, receive)
         request = decode_chat(body)
         info = request_info(scope, "openai")
         if not request.stream:
@@ -111,7 +110,7 @@ class ChatCompletions(_Endpoint):
 class Embeddings(_Endpoint):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         kernel = self.kernel
-        body = await read_body(scope, receive, kernel.config.limits.max_body_bytes, kernel.config.limits.body_timeout)
+        body = await self.read_body(scope, receive)
         request = decode_embeddings(body)
         info = request_info(scope, "openai")
         response = await unless_disconnected(receive, lambda: kernel.pipeline.embed(request, info))
