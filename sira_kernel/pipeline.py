@@ -178,34 +178,32 @@ class ChatStream:
         with ``StreamStart``; a ``StreamError`` ends its batch and the stream. A provider that does
         not batch (its ``stream`` is no :class:`EventBatches`) gives one event per batch.
         """
+        batch: list[StreamEvent] | None = None
         if self._first is not None:
             first, self._first = self._first, None
             events = self._events
             batch = [first, *events.take_pending()] if isinstance(events, EventBatches) else [first]
-            end = self._note(batch)
-            yield batch[:end] if end else batch
-            if end:
-                return
-        events = self._events
-        batched = events if isinstance(events, EventBatches) else None
         while True:
-            # No cancel scope per batch (they cost more than relaying it): the consumer holds one for
-            # the whole stream with :meth:`guard`, which the lease and the deadline cancel.
-            try:
-                batch = await batched.next_batch() if batched is not None else [await events.__anext__()]
-            except StopAsyncIteration:
-                return
-            except ProviderError as exc:
-                batch = [exc.stream_event()]
-            except Exception as exc:
-                _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
-                batch = [StreamError(message=f"upstream stream failed: {type(exc).__name__}")]
+            if batch is None:
+                # No cancel scope per batch (they cost more than relaying it): the consumer holds one
+                # for the whole stream with :meth:`guard`, which the lease and the deadline cancel.
+                events = self._events
+                try:
+                    batch = await events.next_batch() if isinstance(events, EventBatches) else [await anext(events)]
+                except StopAsyncIteration:
+                    return
+                except ProviderError as exc:
+                    batch = [exc.stream_event()]
+                except Exception as exc:
+                    _log.exception("pipeline.stream_failed", provider=self.deployment.provider)
+                    batch = [StreamError(message=f"upstream stream failed: {type(exc).__name__}")]
             if batch:
                 end = self._note(batch)
                 if end:
                     yield batch[:end]
                     return
                 yield batch
+            batch = None
 
     def _note(self, batch: list[StreamEvent]) -> int:
         """Account for ``batch``; the length of the batch up to a ``StreamError`` in it, else 0."""
