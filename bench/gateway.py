@@ -539,10 +539,10 @@ def floors(bench: Bench) -> list[Floor]:
                 check(ratio, lambda v: v >= 0.8),
             )
         )
-        direct = get(scenario, "passthrough-transport", many, "rps")
-        if direct:  # reference only: the yardstick is the usual client.post passthrough
+        thinner = get(scenario, "passthrough-transport", many, "rps")
+        if thinner:  # reference only: the yardstick is the usual client.post passthrough
             out.append(Floor(f"{scenario}: sira / passthrough-transport req/s at {many} clients",
-                             None if sira is None else sira / direct, "x", "", None))
+                             None if sira is None else sira / thinner, "x", "", None))
     sira_rps = get("nonstream", "sira", many, "rps")
     routed = get("nonstream", "sira-router", many, "rps")
     if routed and sira_rps:

@@ -14,6 +14,7 @@ import argparse
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import httpx_aiohttp
@@ -38,28 +39,28 @@ def build_app(upstream: str, direct_transport: bool = False) -> Starlette:
     headers = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
     target = httpx.URL(url)
 
-    async def send(client: httpx.AsyncClient, body: bytes, stream: bool) -> httpx.Response:
-        if direct_transport:
-            transport: httpx.AsyncBaseTransport = client._transport  # the one Sira also calls directly
-            return await transport.handle_async_request(httpx.Request("POST", target, headers=headers, content=body))
+    async def send(request: Request, body: bytes, stream: bool) -> httpx.Response:
+        if direct_transport:  # as Sira's Upstream sends
+            upstream_request = httpx.Request("POST", target, headers=headers, content=body)
+            return await request.state.transport.handle_async_request(upstream_request)
+        client: httpx.AsyncClient = request.state.client
         return await client.send(client.build_request("POST", url, content=body, headers=headers), stream=stream)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         transport = httpx_aiohttp.AiohttpTransport(limits=limits)
         async with httpx.AsyncClient(transport=transport, timeout=60.0) as client:
-            yield {"client": client}
+            yield {"client": client, "transport": transport}
 
     async def chat_completions(request: Request) -> Response:
-        client: httpx.AsyncClient = request.state.client
         body = await request.body()
         try:
             stream = bool(json.loads(body).get("stream"))
         except (ValueError, AttributeError):
             stream = False
         if not stream:
-            upstream_response = await send(client, body, False)
+            upstream_response = await send(request, body, False)
             if direct_transport:
                 await upstream_response.aread()
             return Response(
@@ -67,7 +68,7 @@ def build_app(upstream: str, direct_transport: bool = False) -> Starlette:
                 upstream_response.status_code,
                 media_type=upstream_response.headers.get("content-type"),
             )
-        upstream_response = await send(client, body, True)
+        upstream_response = await send(request, body, True)
         return StreamingResponse(
             upstream_response.aiter_raw(),
             upstream_response.status_code,
