@@ -2,11 +2,11 @@
 its wire format: how requests are encoded, how answers and streams are parsed, what the upstream's
 error bodies look like and which kernel error each status maps to.
 
-* :class:`Upstream`: one pooled ``httpx.AsyncClient`` over ``httpx_aiohttp.AiohttpTransport``
-  (opened in the plugin's lifespan) and every exchange with it: requests go straight to the
-  transport; the kernel's deadlines (:class:`~sira_kernel.providers.CallContext`, tightened by the
-  plugin's own timeouts) are enforced without spanning a ``yield`` (one timer per stream phase, not
-  one per read); reads are bounded by
+* :class:`Upstream`: one pooled aiohttp session (opened in the plugin's lifespan) and every exchange
+  with it: adapters build ``httpx.Request`` objects, which go out through aiohttp without httpx's
+  client, transport adapter or response objects on the way; the kernel's deadlines
+  (:class:`~sira_kernel.providers.CallContext`, tightened by the plugin's own timeouts) are enforced
+  without spanning a ``yield`` (one timer per stream phase, not one per read); reads are bounded by
   ``max_response_bytes``; a finished stream is drained so its connection returns to the pool; every
   exit path closes the response; failures become the kernel's ``ProviderError`` tree.
 * :class:`UpstreamProvider`: a base class giving an adapter that owns an :class:`Upstream` its
@@ -36,6 +36,7 @@ A minimal adapter::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import ssl
@@ -43,6 +44,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self, TypeAlias, TypeVar, cast
 
+import aiohttp
 import anyio
 import httpx
 import msgspec
@@ -139,17 +141,15 @@ def transport_error(
     """The kernel error for a failure to talk to the upstream at all: ``ProviderTimeout`` for a
     timeout, ``ProviderUnavailable`` for anything else (refused, reset, closed connections).
 
-    httpx-aiohttp maps most aiohttp errors (even a refused connection) to ``httpx.ConnectTimeout``,
-    so the class is judged from the original exception it chains: only a real timeout is a timeout.
-    ``label`` names the upstream in the message ("upstream", "Anthropic").
+    An httpx error raised by ``httpx_aiohttp`` (the :attr:`Upstream.client` path) is judged from the
+    aiohttp error it chains: that adapter maps most of them (even a refused connection) to
+    ``httpx.ConnectTimeout``, so only a real timeout is a timeout. ``label`` names the upstream in
+    the message ("upstream", "Anthropic").
     """
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if exc.__cause__ is not None:
-        timed_out = isinstance(cause, TimeoutError)
-    else:
-        timed_out = isinstance(exc, (TimeoutError, httpx.TimeoutException))
-    detail = sanitize(str(cause) or type(cause).__name__, secrets)
-    if timed_out:
+    if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    detail = sanitize(str(exc) or type(exc).__name__, secrets)
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return ProviderTimeout(f"{label} timed out: {detail}", provider=provider)
     return ProviderUnavailable(f"{label} connection failed: {detail}", provider=provider)
 
@@ -197,36 +197,21 @@ def served_models(
     return list(infos.values())
 
 
-def _header(response: httpx.Response, name: bytes) -> bytes | None:
-    """The first value of the response header ``name`` (lower case), from the raw list.
-
-    ``response.headers.get`` decodes and lower-cases every header on each call, several µs apiece
-    on a path that otherwise costs tens of µs in all.
-    """
-    for key, value in response.headers.raw:
+def _header(response: aiohttp.ClientResponse, name: bytes) -> bytes | None:
+    """The first value of the response header ``name`` (lower case), from the raw list
+    (``response.headers`` would build a case-insensitive multidict first)."""
+    for key, value in response.raw_headers:
         if key == name or key.lower() == name:
             return value
     return None
 
 
-def _body(response: httpx.Response) -> AsyncGenerator[bytes, None]:
-    """The response body as it arrives; decoded only if the upstream ignored ``identity``.
-
-    Undecoded, it is the transport's own byte stream: what ``aiter_raw`` re-chunks through two more
-    generators per chunk, for a caller that asked for no chunk size.
-    """
-    encoding = _header(response, b"content-encoding")
-    if encoding and encoding.lower() != b"identity":
-        return cast("AsyncGenerator[bytes, None]", response.aiter_bytes())
-    return _raw(response.stream)
-
-
-async def _raw(stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> AsyncGenerator[bytes, None]:
-    if not isinstance(stream, httpx.AsyncByteStream):
-        raise httpx.StreamError("the upstream transport answered with a synchronous stream")
-    async for chunk in stream:
-        if chunk:
-            yield chunk
+async def _close(response: aiohttp.ClientResponse) -> None:
+    """Give the response's connection back to the pool, or close it when the body was not read to
+    its end (aiohttp decides), and wait for the request's writer."""
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        response.release()
+        await response.wait_for_close()
 
 
 # -- protocols --------------------------------------------------------------------------------------
@@ -391,33 +376,45 @@ class Upstream:
         self._total_timeout = config.total_timeout
         self._connect_timeout = config.connect_timeout
         self._client: httpx.AsyncClient | None = None
-        self._transport: httpx.AsyncBaseTransport | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: dict[str, Any] = {}
+        self._proxy_authorization: str | None = None
         self._extensions: dict[float, dict[str, Any]] = {}
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def open(self, *, connect_timeout: float = 10.0) -> None:
         """Create the pooled client (idempotent): ``max_connections`` kept-alive connections at most,
         ``keepalive_expiry``, ``ca_bundle`` and ``proxy`` from the config; no environment proxies,
-        no redirects."""
+        no redirects, no cookies kept (an upstream's cookies are never sent back, to anyone)."""
         if self._client is not None:
             return
         config = self.config
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
         )
-        transport = AiohttpTransport(
-            verify=verify,
-            limits=httpx.Limits(
-                max_connections=config.max_connections,
-                max_keepalive_connections=config.max_connections,
-                keepalive_expiry=config.keepalive_expiry,
+        ssl_context = httpx.create_ssl_context(verify=verify, trust_env=False)
+        proxy = httpx.Proxy(config.proxy) if config.proxy else None
+        if proxy is not None:
+            # The proxy's credentials: aiohttp sends ``proxy_headers`` on a CONNECT (https upstreams)
+            # only, so plain-http requests carry the header themselves (its ``BasicAuth`` is deprecated).
+            proxy_headers = dict(proxy.headers)
+            if proxy.auth:
+                credentials = base64.b64encode(f"{proxy.auth[0]}:{proxy.auth[1]}".encode()).decode()
+                proxy_headers["Proxy-Authorization"] = self._proxy_authorization = f"Basic {credentials}"
+            self._proxy = {"proxy": str(proxy.url), "proxy_headers": proxy_headers or None}
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=config.max_connections, keepalive_timeout=config.keepalive_expiry, ssl=ssl_context
             ),
-            proxy=httpx.Proxy(config.proxy) if config.proxy else None,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
         )
-        self._transport = transport
+        self._session = session
+        # The same session behind an httpx client, for adapters' requests off the hot path.
         self._client = httpx.AsyncClient(
-            transport=transport,
+            transport=AiohttpTransport(verify=ssl_context, proxy=proxy, client=session),
             timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
             follow_redirects=False,
             trust_env=False,
@@ -425,13 +422,14 @@ class Upstream:
 
     async def aclose(self) -> None:
         """Close the client and its connections (after the kernel drained every call using them)."""
-        client, self._client, self._transport = self._client, None, None
+        client, self._client, self._session = self._client, None, None
         if client is not None:
-            await client.aclose()
+            await client.aclose()  # closes the session too
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The pooled client, for requests off the hot path; ``ProviderUnavailable`` when not open."""
+        """An httpx client over the same pool, for requests off the hot path; ``ProviderUnavailable``
+        when not open."""
         if self._client is None:
             raise self._not_started()
         return self._client
@@ -494,40 +492,64 @@ class Upstream:
 
     # -- exchanges ----------------------------------------------------------------------------------
 
+    def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
+        """aiohttp's timeouts for ``request``: only its connect timeout; the other deadlines are ours."""
+        limits = request.extensions.get("timeout")
+        connect = limits.get("connect") if limits else None
+        timeout = self._timeouts.get(connect)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+            if len(self._timeouts) < _CACHE_LIMIT:
+                self._timeouts[connect] = timeout
+        return timeout
+
     async def send(
         self, request: httpx.Request, deadline: float, waited: float, what: str = "response"
-    ) -> httpx.Response:
+    ) -> aiohttp.ClientResponse:
         """Send ``request`` and return the response once its headers arrived (before ``deadline``).
 
-        Straight to the client's transport: ``AsyncClient.send()`` adds an auth flow, redirect
-        handling and cookie persistence to every call (about a third of the per-call cost), and
-        upstream cookies must not be replayed across tenants anyway. The caller closes the response.
+        Through the pooled aiohttp session: httpx's client would add an auth flow, redirect handling
+        and cookie persistence to every call, and its transport adapter two more conversions, which
+        together cost more than aiohttp's own exchange. The caller closes the response
+        (``release()``). A gzip or deflate answer (from an upstream that ignored
+        ``accept-encoding: identity``) is decoded as it is read.
         """
-        transport = self._transport
-        if transport is None:
+        session = self._session
+        if session is None:
             raise self._not_started()
+        try:
+            body: Any = request.content or None
+        except httpx.RequestNotRead:  # a streamed body; aiohttp frames it itself
+            body = request.stream
+            request.headers.pop("transfer-encoding", None)
+        headers = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.headers.raw]
+        if self._proxy_authorization is not None and request.url.scheme == "http":
+            headers.append(("Proxy-Authorization", self._proxy_authorization))
         with TaskDeadline(deadline):  # one timer: a cancel scope costs twice as much on every call
             try:
-                return await transport.handle_async_request(request)
+                return await session.request(
+                    request.method, str(request.url), headers=headers, data=body, timeout=self._timeout(request),
+                    allow_redirects=False, **self._proxy,
+                )
             except Exception as exc:  # any failure to reach the upstream is the upstream's
                 raise self._transport_error(exc) from exc
         raise ProviderTimeout(f"{self.label} sent no {what} within {waited:g}s", provider=self._owner.name)
 
-    async def read(self, response: httpx.Response, deadline: float, limit: int, waited: float) -> bytes:
+    async def read(self, response: aiohttp.ClientResponse, deadline: float, limit: int, waited: float) -> bytes:
         """The whole body, read before ``deadline``; ``ProviderUnavailable`` past ``limit`` bytes."""
         declared = _header(response, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise self._too_large(limit)
+        content = response.content
         parts: list[bytes] = []
         size = 0
         with TaskDeadline(deadline):
             try:
-                async with contextlib.aclosing(_body(response)) as chunks:
-                    async for chunk in chunks:
-                        size += len(chunk)
-                        if size > limit:
-                            raise self._too_large(limit)
-                        parts.append(chunk)
+                while chunk := await content.readany():
+                    size += len(chunk)
+                    if size > limit:
+                        raise self._too_large(limit)
+                    parts.append(chunk)
             except ProviderError:
                 raise
             except Exception as exc:  # any failure to read from the upstream is the upstream's
@@ -541,28 +563,26 @@ class Upstream:
         first, first_deadline, total, deadline = deadlines
         response = await self.send(request, first_deadline, first, what)
         try:
-            if response.status_code >= 300:
+            if response.status >= 300:
                 raise await self.status_error(response, deadline)
             return await self.read(response, deadline, limit, total)
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await response.aclose()
+            await _close(response)
 
-    async def status_error(self, response: httpx.Response, deadline: float) -> ProviderError:
+    async def status_error(self, response: aiohttp.ClientResponse, deadline: float) -> ProviderError:
         """The error for a non-2xx answer, from a bounded read (64 KiB, 5 s) of its body."""
-        status = response.status_code
+        status = response.status
         body = b""
         with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + ERROR_BODY_WAIT)):
             with contextlib.suppress(Exception):
-                async with contextlib.aclosing(_body(response)) as chunks:
-                    async for chunk in chunks:
-                        body += chunk
-                        if len(body) >= ERROR_BODY_LIMIT:
-                            break
+                content = response.content
+                while len(body) < ERROR_BODY_LIMIT and (chunk := await content.readany()):
+                    body += chunk
         if status < 400:
             return ProviderUnavailable(f"{self.label} answered an unexpected {status}", provider=self._owner.name)
         return self._status_error(
-            status, response.headers, body[:ERROR_BODY_LIMIT], provider=self._owner.name, secrets=self.secrets
+            status, httpx.Headers(list(response.raw_headers)), body[:ERROR_BODY_LIMIT], provider=self._owner.name,
+            secrets=self.secrets,
         )
 
     def stream(self, codec: StreamCodec[P], request: ChatRequest, ctx: CallContext) -> EventBatches:
@@ -584,7 +604,7 @@ class Upstream:
         first, first_deadline, total, deadline = self.deadlines(ctx)
         response = await self.send(http_request, first_deadline, first)
         try:
-            if response.status_code >= 300:
+            if response.status >= 300:
                 raise await self.status_error(response, deadline)
             media = (_header(response, b"content-type") or b"").partition(b";")[0].strip().lower()
             if media == b"application/json" or media.endswith(b"+json"):  # a whole answer, not a stream
@@ -600,18 +620,16 @@ class Upstream:
             limit = ctx.max_response_bytes
             received = 0
             waited, what = first, "first token"
-            chunks = _body(response)
+            content = response.content
             watchdog = TaskDeadline(first_deadline)
             try:
                 while True:
-                    raw: bytes | None = None
+                    raw = b""
                     timed_out = watchdog.expired
                     if not timed_out:
                         watchdog.reading = True
                         try:
-                            raw = await chunks.__anext__()
-                        except StopAsyncIteration:
-                            pass
+                            raw = await content.readany()
                         except BaseException as exc:
                             if not watchdog.caught(exc):
                                 if not isinstance(exc, Exception):
@@ -626,7 +644,7 @@ class Upstream:
                         )
                     if failure is not None:
                         break
-                    if raw is None:  # the body ended before the end marker
+                    if not raw:  # the body ended before the end marker
                         ended = parser.end()
                         if ended:
                             yield ended
@@ -646,28 +664,23 @@ class Upstream:
                         failure = parser.failure
                         break
                     if parser.done:
-                        await self._drain(chunks, deadline)
+                        await self._drain(content, deadline)
                         break
             finally:
                 watchdog.disarm()
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await chunks.aclose()
             if failure is not None:
                 if not parser.started:
                     raise failure
                 yield [failure.stream_event()]
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await response.aclose()
+            await _close(response)
 
-    async def _drain(self, chunks: AsyncIterator[bytes], deadline: float) -> None:
+    async def _drain(self, content: aiohttp.StreamReader, deadline: float) -> None:
         drained = 0
         with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + DRAIN_WAIT)):
             with contextlib.suppress(Exception):
-                async for raw in chunks:
+                while drained <= DRAIN_LIMIT and (raw := await content.readany()):
                     drained += len(raw)
-                    if drained > DRAIN_LIMIT:
-                        break
 
     # -- errors -------------------------------------------------------------------------------------
 

@@ -425,7 +425,7 @@ class ConformanceSuite(StreamSplitSuite):
 
     @pytest.fixture
     def anyio_backend(self) -> str:
-        return "asyncio"  # httpx-aiohttp runs on asyncio only
+        return "asyncio"  # aiohttp runs on asyncio only
 
     @pytest.fixture(autouse=True)
     def _conformance_case(self, request: pytest.FixtureRequest) -> None:

@@ -146,7 +146,7 @@ def adapter_fixtures(
 ) -> tuple[Any, Any, Any, Any]:
     """The fixtures an adapter's ``conftest.py`` needs, in this order:
 
-    ``anyio_backend`` (asyncio: httpx-aiohttp runs on asyncio only); ``fake``: a started
+    ``anyio_backend`` (asyncio: aiohttp runs on asyncio only); ``fake``: a started
     ``make_fake()`` per test; ``open_provider``: ``async with open_provider(**config) as provider``
     opens ``make_provider(config)`` with ``base_url`` and ``api_key`` defaulting to the fake's;
     ``provider``: one opened with ``defaults``.

@@ -3,18 +3,26 @@ the fast request builder and the body reader's header and encoding handling."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import re
 
 import httpx
 import pytest
 from sira_kernel.testing.fake_openai import FakeOpenAIUpstream, Fault
-from sira_kernel.testing.providers import call_context
+from sira_kernel.testing.providers import OpenProvider, call_context
 from sira_kernel.testing.providers import chat_request as ask
 
 from sira_provider_openai import OpenAIProvider
 
 from .conftest import API_KEY
+
+COMPLETION = {
+    "id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
 
 pytestmark = pytest.mark.anyio
 
@@ -39,9 +47,9 @@ async def test_post_builds_the_request_httpx_would(
 
     response = await upstream.send(fast, *upstream.deadlines(ctx)[1::-1])
     try:
-        assert response.status_code == 200
+        assert response.status == 200
     finally:
-        await response.aclose()
+        response.release()
     sent = fake.requests[-1]
     assert sent.body == body and sent.headers["content-length"] == str(len(body))
     assert sent.headers["authorization"] == f"Bearer {API_KEY}"
@@ -50,14 +58,7 @@ async def test_post_builds_the_request_httpx_would(
 async def test_an_encoded_answer_is_decoded_and_an_identity_one_relayed(
     provider: OpenAIProvider, fake: FakeOpenAIUpstream
 ) -> None:
-    completion = {
-        "id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "zipped"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }
-    raw = json.dumps(completion).encode()
+    raw = json.dumps(COMPLETION).encode()
     fake.enqueue(Fault(body=gzip.compress(raw), headers={"Content-Encoding": "gzip"}))
     response = await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
     assert response.choices[0].message.content == "zipped"  # the upstream ignored accept-encoding: identity
@@ -92,3 +93,54 @@ def test_served_models_lists_configured_names_aliases_then_discovered() -> None:
     assert (by_id["fast"].upstream, by_id["fast"].kind, by_id["fast"].owned_by) == ("chat-a", "chat", "acme")
     assert by_id["chat-a"].upstream == "chat-b"  # an alias may re-point a configured name
     assert by_id["new-1"].owned_by == "sira"  # discovered entries are kept as the adapter made them
+
+
+async def test_an_upstream_cookie_is_never_sent_back(
+    open_provider: OpenProvider, fake: FakeOpenAIUpstream
+) -> None:
+    # By host name: aiohttp's default cookie jar ignores cookies from IP addresses, so only a named
+    # host shows whether one would be kept (and replayed to the upstream on every later call, whoever
+    # made it).
+    base_url = fake.base_url.replace("127.0.0.1", "localhost")
+    async with open_provider(base_url=base_url, models=["gpt-4o-mini"]) as provider:
+        fake.enqueue(Fault(headers={"Set-Cookie": "tenant=a; Path=/; Max-Age=3600"}))
+        await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
+        assert fake.requests[-1].headers.get("cookie") is None
+        await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
+        events = [event async for event in provider.stream(ask("hi"), call_context("gpt-4o-mini"))]
+        assert events
+        assert [request.headers.get("cookie") for request in fake.requests] == [None, None, None]
+
+
+async def test_requests_go_through_the_configured_proxy_with_its_credentials(
+    open_provider: OpenProvider,
+) -> None:
+    heads: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A forward proxy that answers itself: enough to see what the gateway sent it.
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        heads.append(head)
+        body = json.dumps(COMPLETION).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"content-length: %d\r\n\r\n" % len(body))
+        writer.write(body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, open_provider(
+        base_url="http://upstream.invalid/v1", proxy=f"http://sira:s3cret@127.0.0.1:{port}",
+        models=["gpt-4o-mini"],
+    ) as provider:
+        response = await provider.chat(ask("hi"), call_context("gpt-4o-mini"))
+    assert response.choices[0].message.content == "zipped"
+    (head,) = heads
+    assert head.split(b"\r\n")[0] == b"POST http://upstream.invalid/v1/chat/completions HTTP/1.1"
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if line)
+    headers = {key.lower(): value for key, value in headers.items()}
+    assert headers[b"proxy-authorization"] == b"Basic c2lyYTpzM2NyZXQ="  # base64("sira:s3cret")
+    assert headers[b"authorization"] == f"Bearer {API_KEY}".encode()
