@@ -262,7 +262,7 @@ class Reservation:
 
     async def release(self) -> None:
         """The request failed before using anything: give every amount back and free the slot."""
-        if not self._finish("released"):
+        if not self._finish("released") or not self._held:
             return
         backend = self._scheduler.backend
         with anyio.CancelScope(shield=True):

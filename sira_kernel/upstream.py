@@ -206,12 +206,12 @@ def _header(response: aiohttp.ClientResponse, name: bytes) -> bytes | None:
     return None
 
 
-async def _close(response: aiohttp.ClientResponse) -> None:
+def _close(response: aiohttp.ClientResponse) -> None:
     """Give the response's connection back to the pool, or close it when the body was not read to
-    its end (aiohttp decides), and wait for the request's writer."""
-    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+    its end (aiohttp decides; it also stops the request's body writer). Synchronous, so no
+    cancellation can interrupt it."""
+    with contextlib.suppress(Exception):
         response.release()
-        await response.wait_for_close()
 
 
 # -- protocols --------------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ class Upstream:
                 raise await self.status_error(response, deadline)
             return await self.read(response, deadline, limit, total)
         finally:
-            await _close(response)
+            _close(response)
 
     async def status_error(self, response: aiohttp.ClientResponse, deadline: float) -> ProviderError:
         """The error for a non-2xx answer, from a bounded read (64 KiB, 5 s) of its body."""
@@ -673,7 +673,7 @@ class Upstream:
                     raise failure
                 yield [failure.stream_event()]
         finally:
-            await _close(response)
+            _close(response)
 
     async def _drain(self, content: aiohttp.StreamReader, deadline: float) -> None:
         drained = 0
