@@ -5,9 +5,11 @@ chunks), and on a VM everything on the first token's path then runs with cold ca
 woken from idle. This script isolates the part no gateway code can avoid: one chat request from a
 client on CPU 0 (where the gateway runs) to ``upstream_stream.py`` on CPU 1, with
 
-* ``httpx+aiohttp``: Sira's upstream client (httpx over the ``httpx-aiohttp`` transport, called
-  through the transport as ``sira_kernel.upstream.Upstream`` does),
-* ``aiohttp``: aiohttp's own client, the fastest Python client measured here,
+* ``sira``: Sira's upstream client, ``sira_kernel.upstream.Upstream`` (an ``httpx.Request`` built by
+  ``Upstream.post`` and sent through its pooled aiohttp session, body read and response released),
+* ``aiohttp``: aiohttp's own client used the plain way (``async with session.post(...)``),
+* ``httpx+aiohttp``: httpx over the ``httpx-aiohttp`` transport, called through the transport (what
+  ``Upstream`` did before it sent through aiohttp directly),
 * ``raw``: a bare asyncio + httptools exchange (what the benchmark's load generator uses),
 
 each back to back and after a 20 ms idle pause, median of ``--requests`` round trips. Usage::
@@ -37,8 +39,14 @@ import uvloop
 
 from canned import REQUEST, UPSTREAM_KEY
 from procs import CLIENT_CPU, GATEWAY_CPU, Processes, free_port, pinned, pinning_available, wait_tcp
+from sira_kernel import CallContext, ProviderError
+from sira_kernel.upstream import Upstream, UpstreamSettings
 
 HERE = Path(__file__).resolve().parent
+def _no_status_error(status: int, headers: object, body: bytes, *, provider: str, secrets: object) -> ProviderError:
+    raise AssertionError(f"the canned upstream answered {status}")
+
+
 HEADERS = {"authorization": f"Bearer {UPSTREAM_KEY}", "content-type": "application/json"}
 
 
@@ -67,8 +75,16 @@ class _Raw(asyncio.Protocol):
         await self.done
 
 
+class _Owner:
+    name = "coldpath"
+
+
 async def measure(url: str, requests: int, gap_s: float) -> list[tuple[str, float, float]]:
     transport = httpx_aiohttp.AiohttpTransport(limits=httpx.Limits(max_connections=8, max_keepalive_connections=8))
+    upstream = Upstream(_Owner(), UpstreamSettings(max_connections=8), status_error=_no_status_error)
+    await upstream.open()
+    ctx = CallContext(upstream_model="gpt-4o-mini", request_id="coldpath")
+    sira_headers = httpx.Headers(HEADERS)
     session = aiohttp.ClientSession()
     target = httpx.URL(url)
     loop = asyncio.get_running_loop()
@@ -80,6 +96,9 @@ async def measure(url: str, requests: int, gap_s: float) -> list[tuple[str, floa
     ).encode() + REQUEST
 
     async def sira_client() -> None:
+        await upstream.fetch(upstream.post(target, sira_headers, REQUEST, ctx), upstream.deadlines(ctx), 1 << 20)
+
+    async def httpx_client() -> None:
         response = await transport.handle_async_request(httpx.Request("POST", target, headers=HEADERS, content=REQUEST))
         try:
             async for _ in response.stream:  # type: ignore[union-attr]
@@ -95,7 +114,7 @@ async def measure(url: str, requests: int, gap_s: float) -> list[tuple[str, floa
         await raw.exchange(raw_request)
 
     clients: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-        ("httpx+aiohttp", sira_client), ("aiohttp", aiohttp_client), ("raw", raw_client),
+        ("sira", sira_client), ("aiohttp", aiohttp_client), ("httpx+aiohttp", httpx_client), ("raw", raw_client),
     ]
     rows = []
     try:
@@ -116,6 +135,7 @@ async def measure(url: str, requests: int, gap_s: float) -> list[tuple[str, floa
     finally:
         await session.close()
         await transport.aclose()
+        await upstream.aclose()
         if raw.transport is not None:
             raw.transport.close()
     return rows
