@@ -676,8 +676,12 @@ class Upstream:
             _close(response)
 
     async def _drain(self, content: aiohttp.StreamReader, deadline: float) -> None:
+        """Read what is left after the end marker (usually nothing: the chunked terminator came in
+        the same read), for at most ``DRAIN_WAIT`` seconds and ``DRAIN_LIMIT`` bytes."""
         drained = 0
-        with anyio.CancelScope(deadline=min(deadline, anyio.current_time() + DRAIN_WAIT)):
+        if content.at_eof():
+            return
+        with TaskDeadline(min(deadline, asyncio.get_running_loop().time() + DRAIN_WAIT)):
             with contextlib.suppress(Exception):
                 while drained <= DRAIN_LIMIT and (raw := await content.readany()):
                     drained += len(raw)

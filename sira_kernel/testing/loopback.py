@@ -112,6 +112,9 @@ class Fault:
     """Send these raw bytes as the body (with ``status``, default 200), e.g. invalid JSON."""
     chunk_delay: float | None = None
     """Seconds between streamed chunks for this request (overrides the server's ``chunk_delay``)."""
+    end_delay: float = 0.0
+    """Stream: wait this long after the end marker before ending the body (the chunked terminator),
+    so the client reads the marker alone and has to wait for the rest."""
     together: bool = False
     """Stream: write every event and the end marker in one write (one read on the other side), as a
     fast upstream or a buffering proxy does; ``first_token_delay`` still applies before it."""
@@ -133,6 +136,8 @@ class RecordedRequest:
     headers: dict[str, str]
     json: Any
     body: bytes
+    peer_port: int = 0
+    """The client's port: requests with the same one came over the same (kept-alive) connection."""
 
 
 class LoopbackUpstream:
@@ -326,6 +331,7 @@ class LoopbackUpstream:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 json=body,
                 body=raw,
+                peer_port=(request.transport.get_extra_info("peername") or ("", 0))[1] if request.transport else 0,
             )
         )
         fault = self._faults.popleft() if self._faults else self.fault_type()
@@ -387,7 +393,7 @@ class LoopbackUpstream:
 
         The stream counters follow; ``fault`` shapes it: ``first_token_delay`` before the first
         event, ``chunk_delay`` (or the server's) between events, ``drop_after`` cuts the connection
-        after that many events.
+        after that many events, ``end_delay`` holds the end of the body back after ``tail``.
         """
         delay = self.chunk_delay if fault.chunk_delay is None else fault.chunk_delay
         response = web.StreamResponse(headers={**headers, "Content-Type": content_type, "Cache-Control": "no-cache"})
@@ -408,6 +414,8 @@ class LoopbackUpstream:
                 await response.write(event)
             if tail:
                 await response.write(tail)
+            if fault.end_delay:
+                await asyncio.sleep(fault.end_delay)
             # Counted before the end of the body goes out: a client that read to the end sees it.
             self.completed_streams += 1
             await response.write_eof()

@@ -144,3 +144,17 @@ async def test_requests_go_through_the_configured_proxy_with_its_credentials(
     headers = {key.lower(): value for key, value in headers.items()}
     assert headers[b"proxy-authorization"] == b"Basic c2lyYTpzM2NyZXQ="  # base64("sira:s3cret")
     assert headers[b"authorization"] == f"Bearer {API_KEY}".encode()
+
+
+@pytest.mark.parametrize("end_delay", [0.0, 0.05], ids=["terminator-with-done", "terminator-later"])
+async def test_a_finished_stream_gives_its_connection_back(
+    provider: OpenAIProvider, fake: FakeOpenAIUpstream, end_delay: float
+) -> None:
+    # After [DONE] the rest of the body (the chunked terminator) is read, at once when it came with
+    # the last event, else by waiting for it, so the next call reuses the connection.
+    for _ in range(3):
+        fake.enqueue(Fault(end_delay=end_delay))
+        events = [event async for event in provider.stream(ask("hi"), call_context("gpt-4o-mini"))]
+        assert events
+    ports = {request.peer_port for request in fake.requests}
+    assert len(ports) == 1 and 0 not in ports
