@@ -48,7 +48,6 @@ import aiohttp
 import anyio
 import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
 
 from .deadline import TaskDeadline
 from .errors import ProviderError, ProviderTimeout, ProviderUnavailable
@@ -140,14 +139,8 @@ def transport_error(
 ) -> ProviderError:
     """The kernel error for a failure to talk to the upstream at all: ``ProviderTimeout`` for a
     timeout, ``ProviderUnavailable`` for anything else (refused, reset, closed connections).
-
-    An httpx error raised by ``httpx_aiohttp`` (the :attr:`Upstream.client` path) is judged from the
-    aiohttp error it chains: that adapter maps most of them (even a refused connection) to
-    ``httpx.ConnectTimeout``, so only a real timeout is a timeout. ``label`` names the upstream in
-    the message ("upstream", "Anthropic").
+    ``label`` names the upstream in the message ("upstream", "Anthropic").
     """
-    if isinstance(exc, httpx.HTTPError) and exc.__cause__ is not None:
-        exc = exc.__cause__
     detail = sanitize(str(exc) or type(exc).__name__, secrets)
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return ProviderTimeout(f"{label} timed out: {detail}", provider=provider)
@@ -375,21 +368,23 @@ class Upstream:
         self._first_token_timeout = config.first_token_timeout
         self._total_timeout = config.total_timeout
         self._connect_timeout = config.connect_timeout
-        self._client: httpx.AsyncClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._proxy: dict[str, Any] = {}
         self._proxy_authorization: str | None = None
         self._extensions: dict[float, dict[str, Any]] = {}
         self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
+        self._default_connect = 10.0
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def open(self, *, connect_timeout: float = 10.0) -> None:
-        """Create the pooled client (idempotent): ``max_connections`` kept-alive connections at most,
+        """Create the pooled session (idempotent): ``max_connections`` kept-alive connections at most,
         ``keepalive_expiry``, ``ca_bundle`` and ``proxy`` from the config; no environment proxies,
-        no redirects, no cookies kept (an upstream's cookies are never sent back, to anyone)."""
-        if self._client is not None:
+        no redirects, no cookies kept (an upstream's cookies are never sent back, to anyone).
+        ``connect_timeout`` bounds the connect of a request whose extensions carry no timeout."""
+        if self._session is not None:
             return
+        self._default_connect = connect_timeout
         config = self.config
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else True
@@ -404,35 +399,19 @@ class Upstream:
                 credentials = base64.b64encode(f"{proxy.auth[0]}:{proxy.auth[1]}".encode()).decode()
                 proxy_headers["Proxy-Authorization"] = self._proxy_authorization = f"Basic {credentials}"
             self._proxy = {"proxy": str(proxy.url), "proxy_headers": proxy_headers or None}
-        session = aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=config.max_connections, keepalive_timeout=config.keepalive_expiry, ssl=ssl_context
             ),
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         )
-        self._session = session
-        # The same session behind an httpx client, for adapters' requests off the hot path.
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(verify=ssl_context, proxy=proxy, client=session),
-            timeout=httpx.Timeout(connect=connect_timeout, read=None, write=None, pool=None),
-            follow_redirects=False,
-            trust_env=False,
-        )
 
     async def aclose(self) -> None:
-        """Close the client and its connections (after the kernel drained every call using them)."""
-        client, self._client, self._session = self._client, None, None
-        if client is not None:
-            await client.aclose()  # closes the session too
-
-    @property
-    def client(self) -> httpx.AsyncClient:
-        """An httpx client over the same pool, for requests off the hot path; ``ProviderUnavailable``
-        when not open."""
-        if self._client is None:
-            raise self._not_started()
-        return self._client
+        """Close the session and its connections (after the kernel drained every call using them)."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     # -- per-call settings --------------------------------------------------------------------------
 
@@ -495,7 +474,7 @@ class Upstream:
     def _timeout(self, request: httpx.Request) -> aiohttp.ClientTimeout:
         """aiohttp's timeouts for ``request``: only its connect timeout; the other deadlines are ours."""
         limits = request.extensions.get("timeout")
-        connect = limits.get("connect") if limits else None
+        connect = limits.get("connect") if limits else self._default_connect
         timeout = self._timeouts.get(connect)
         if timeout is None:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect)

@@ -158,3 +158,15 @@ async def test_a_finished_stream_gives_its_connection_back(
         assert events
     ports = {request.peer_port for request in fake.requests}
     assert len(ports) == 1 and 0 not in ports
+
+
+async def test_the_connect_timeout_comes_from_the_request_else_from_open(provider: OpenAIProvider) -> None:
+    upstream = provider.upstream
+    await upstream.aclose()
+    await upstream.open(connect_timeout=2.5)
+    ctx = call_context("gpt-4o-mini")
+    ctx.connect_timeout = 1.5
+    built = upstream.post("http://127.0.0.1:9/v1/chat/completions", httpx.Headers(), b"{}", ctx)
+    bare = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions", content=b"{}")
+    assert upstream._timeout(built).sock_connect == 1.5
+    assert upstream._timeout(bare).sock_connect == 2.5  # an adapter that did not pass extensions(ctx)
