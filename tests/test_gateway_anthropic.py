@@ -423,18 +423,24 @@ def test_upstream_error_before_the_stream_starts_is_an_http_error(
     assert err.value.response.headers["retry-after"] == "3"
 
 
+def stream_until_error(client: anthropic.Anthropic, content: str) -> tuple[list[str], anthropic.APIStatusError]:
+    """The text a ``messages.stream`` of ``content`` yielded before it raised, and what it raised."""
+    received: list[str] = []
+    with pytest.raises(anthropic.APIStatusError) as err:
+        with client.messages.stream(model="gpt-4o-mini", max_tokens=100,
+                                    messages=[{"role": "user", "content": content}]) as stream:
+            for text in stream.text_stream:
+                received.append(text)
+    return received, err.value
+
+
 def test_mid_stream_drop_raises_instead_of_truncating(
     client: anthropic.Anthropic, upstream: FakeOpenAIUpstream, usage: UsageLog
 ) -> None:
     upstream.enqueue(Fault(drop_after=3))
-    received = []
-    with pytest.raises(anthropic.APIStatusError) as err:
-        with client.messages.stream(model="gpt-4o-mini", max_tokens=100,
-                                    messages=[{"role": "user", "content": "one two three four five six"}]) as stream:
-            for text in stream.text_stream:
-                received.append(text)
+    received, error = stream_until_error(client, "one two three four five six")
     assert received  # some text made it before the error, then the error was not swallowed
-    assert err.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+    assert error.body["error"]["type"] == "api_error"  # type: ignore[index]
     [record] = usage.wait(1)
     assert record.status >= 500 and record.stream
 
@@ -444,14 +450,9 @@ def test_error_in_the_same_read_as_text_comes_after_the_text(
 ) -> None:
     upstream.enqueue(Fault(body=chunk_event({"role": "assistant", "content": ""}) + chunk_event({"content": "Hel"})
                            + chunk_event({"content": "lo"}) + error_event("the model crashed", code="boom")))
-    received = []
-    with pytest.raises(anthropic.APIStatusError) as err:
-        with client.messages.stream(model="gpt-4o-mini", max_tokens=100,
-                                    messages=[{"role": "user", "content": "hi"}]) as stream:
-            for text in stream.text_stream:
-                received.append(text)
+    received, error = stream_until_error(client, "hi")
     assert "".join(received) == "Hello"
-    assert "the model crashed" in err.value.body["error"]["message"]  # type: ignore[index]
+    assert "the model crashed" in error.body["error"]["message"]  # type: ignore[index]
     [record] = usage.wait(1)
     assert record.status >= 500 and record.stream
 

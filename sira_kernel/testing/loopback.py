@@ -319,6 +319,7 @@ class LoopbackUpstream:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
         try:
             body = msgspec.json.decode(raw) if raw else None
         except msgspec.DecodeError:
@@ -331,7 +332,7 @@ class LoopbackUpstream:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 json=body,
                 body=raw,
-                peer_port=(request.transport.get_extra_info("peername") or ("", 0))[1] if request.transport else 0,
+                peer_port=peer[1] if peer else 0,
             )
         )
         fault = self._faults.popleft() if self._faults else self.fault_type()

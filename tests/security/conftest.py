@@ -272,6 +272,25 @@ def raw_status(answer: bytes) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _serve(config: dict[str, Any], plugins: Mapping[str, Any] | None) -> tuple[ServerThread, Path]:
+    local = dict(plugins or {})
+    server = ServerThread(lambda: make_kernel(local, config))
+    server.start()
+    return server, Path(config["plugins"]["storage-sqlite"]["path"])
+
+
+@contextlib.contextmanager
+def serving(config: dict[str, Any], plugins: Mapping[str, Any] | None = None) -> Iterator[Gateway]:
+    """A :class:`Gateway` on ``config`` (with ``plugins`` besides the installed ones) for the block."""
+    server, db = _serve(config, plugins)
+    running = Gateway(server, db)
+    try:
+        yield running
+    finally:
+        running.close()
+        server.stop()
+
+
 class Sec:
     """The suite's constants and helpers, as one fixture (tests cannot import conftest)."""
 
@@ -285,6 +304,7 @@ class Sec:
     RouteInfo = RouteInfo
     Gateway = Gateway
     base_config = staticmethod(base_config)
+    serving = staticmethod(serving)
     assert_unchanged = staticmethod(assert_unchanged)
     raw_request = staticmethod(raw_request)
     raw_status = staticmethod(raw_status)
@@ -295,25 +315,13 @@ def sec() -> type[Sec]:
     return Sec
 
 
-def _serve(tmp: Path, config: dict[str, Any], plugins: Mapping[str, Any] | None) -> tuple[ServerThread, Path]:
-    local = dict(plugins or {})
-    server = ServerThread(lambda: make_kernel(local, config))
-    server.start()
-    return server, Path(config["plugins"]["storage-sqlite"]["path"])
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     # Per module, not per session: a gateway left running would hold its SQLite store's thread
     # into the plugins' own tests (storage-sqlite checks that none is left).
     tmp = tmp_path_factory.mktemp("security")
-    server, db = _serve(tmp, base_config(tmp), None)
-    running = Gateway(server, db)
-    try:
+    with serving(base_config(tmp)) as running:
         yield running
-    finally:
-        running.close()
-        server.stop()
 
 
 StartGateway = Callable[..., Gateway]
@@ -329,7 +337,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         tmp = tmp_path / f"gw{len(started)}"
         tmp.mkdir()
         cfg = config if config is not None else base_config(tmp, **kwargs)
-        server, db = _serve(tmp, cfg, plugins)
+        server, db = _serve(cfg, plugins)
         running = Gateway(server, db)
         started.append(running)
         return running

@@ -70,17 +70,10 @@ def body_for(path: str) -> Any:
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory: pytest.TempPathFactory, sec: Any) -> Any:
     """A gateway of our own (module-scoped: start_gateway is per test), with the chaos plugin first."""
-    from sira_kernel.testing import ServerThread, make_kernel
-
     tmp = tmp_path_factory.mktemp("chaos")
     config = sec.base_config(tmp, plugins=("chaos", *sec.PLUGINS), limits={"auth_timeout": AUTH_TIMEOUT})
-    server = ServerThread(lambda: make_kernel({"chaos": Chaos}, config)).start()
-    gateway = sec.Gateway(server, tmp / "sira.db")
-    try:
+    with sec.serving(config, {"chaos": Chaos}) as gateway:
         yield gateway
-    finally:
-        gateway.close()
-        server.stop()
 
 
 def requests_for(gateway: Any, listener: str) -> list[tuple[str, str, Any]]:

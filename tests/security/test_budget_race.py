@@ -65,21 +65,14 @@ def race(gateway: Any, key: str, payload: dict[str, Any]) -> tuple[list[httpx.Re
 
 @pytest.fixture(scope="module")
 def racing(tmp_path_factory: pytest.TempPathFactory, sec: Any) -> Any:
-    from sira_kernel.testing import ServerThread, make_kernel
-
     tmp = tmp_path_factory.mktemp("race")
     config = sec.base_config(
         tmp, plugins=("api-openai", "provider-mock", "pricing", "storage-sqlite", "auth-keys", "ledger"),
         limits={"queue_timeout": 0.05},
         sections={"provider-mock": {"pace_ms": 40}},  # ~0.4 s a request: all 50 overlap
     )
-    server = ServerThread(lambda: make_kernel({}, config)).start()
-    gateway = sec.Gateway(server, tmp / "sira.db")
-    try:
+    with sec.serving(config) as gateway:
         yield gateway
-    finally:
-        gateway.close()
-        server.stop()
 
 
 def stored(gateway: Any, principal: str, expected: int = CONCURRENT, timeout: float = 5.0) -> tuple[int, float, int]:
